@@ -1,0 +1,122 @@
+"""The few liblz4 entry points EROFS needs that python-lz4 does not expose.
+
+* ``LZ4_decompress_safe_partial``: decode only a prefix of a block (EROFS
+  partial decoding, images without 0PADDING, dedupe's PARTIAL_REF extents);
+* ``LZ4_compress_destSize`` / ``LZ4_compress_HC_destSize``: compress as much
+  input as fits in a fixed-size output (EROFS fixed-size output pclusters).
+
+Loaded from the system's liblz4 (Debian ``liblz4-1``) through ctypes; both the
+reader and the writer use this one module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from typing import Final
+
+from fusefs.errors import CorruptImageError, UnsupportedFeatureError
+
+LZ4HC_CLEVEL_DEFAULT: Final = 9
+LZ4HC_CLEVEL_MAX: Final = 12
+
+
+def _load() -> ctypes.CDLL:
+    for name in ("liblz4.so.1", ctypes.util.find_library("lz4")):
+        if name:
+            try:
+                return ctypes.CDLL(name)
+            except OSError:
+                continue
+    raise UnsupportedFeatureError("liblz4 is not installed (Debian package liblz4-1)")
+
+
+_lib: Final = _load()
+_c_char_p = ctypes.c_char_p
+_int = ctypes.c_int
+_intp = ctypes.POINTER(ctypes.c_int)
+
+_lib.LZ4_decompress_safe.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _int, _int]
+_lib.LZ4_decompress_safe.restype = _int
+_lib.LZ4_decompress_safe_partial.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _int, _int, _int]
+_lib.LZ4_decompress_safe_partial.restype = _int
+_lib.LZ4_compress_destSize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _intp, _int]
+_lib.LZ4_compress_destSize.restype = _int
+_lib.LZ4_compress_HC_destSize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, _intp, _int, _int]
+_lib.LZ4_compress_HC_destSize.restype = _int
+_lib.LZ4_sizeofStateHC.argtypes = []
+_lib.LZ4_sizeofStateHC.restype = _int
+_HC_STATE_SIZE: Final = _lib.LZ4_sizeofStateHC()
+
+
+class _Buf:
+    """The address of a buffer for C.  Writable buffers (bytearray, arena
+    memoryviews, writable mmaps) are passed in place; read-only ones are copied
+    once (ctypes cannot take the address of a read-only buffer)."""
+
+    __slots__ = ("addr", "keep", "size")
+
+    def __init__(self, buf: bytes | bytearray | memoryview, *, writable: bool = False) -> None:
+        self.size = len(buf) if not isinstance(buf, memoryview) else buf.nbytes
+        keep: object
+        if isinstance(buf, bytes):
+            if writable:
+                raise TypeError("output buffer must be writable")
+            keep = buf
+            self.addr = ctypes.cast(_c_char_p(buf), ctypes.c_void_p).value or 0
+        else:
+            mv = memoryview(buf).cast("B")
+            if mv.readonly:
+                if writable:
+                    raise TypeError("output buffer must be writable")
+                copy = bytes(mv)
+                keep = copy
+                self.addr = ctypes.cast(_c_char_p(copy), ctypes.c_void_p).value or 0
+            else:
+                arr = (ctypes.c_char * self.size).from_buffer(mv) if self.size else None
+                keep = (mv, arr)
+                self.addr = ctypes.addressof(arr) if arr is not None else 0
+        self.keep = keep
+
+
+def decompress_into(src: bytes | bytearray | memoryview, dst: bytearray | memoryview, *, partial: bool) -> int:
+    """Decode one raw LZ4 block from ``src`` into ``dst``; returns bytes written.
+
+    ``partial=False``: the block must decode to exactly ``len(dst)`` bytes
+    (EROFS with 0PADDING, full extent).  ``partial=True``: stop once ``dst`` is
+    full, ignoring the rest of the block (``LZ4_decompress_safe_partial``).
+    Raises CorruptImageError (without a location: the caller adds it) on a
+    malformed block.
+    """
+    s = _Buf(src)
+    d = _Buf(dst, writable=True)
+    if partial:
+        n = _lib.LZ4_decompress_safe_partial(s.addr, d.addr, s.size, d.size, d.size)
+    else:
+        n = _lib.LZ4_decompress_safe(s.addr, d.addr, s.size, d.size)
+    if n < 0 or (not partial and n != d.size):
+        raise CorruptImageError(
+            f"lz4 block of {s.size} bytes does not decode to {d.size} bytes (liblz4 said {n})"
+        )
+    return int(n)
+
+
+def compress_destsize(src: bytes | bytearray | memoryview, dst_capacity: int, level: int | None = None) -> tuple[bytes, int]:
+    """Compress as much of ``src`` as fits in ``dst_capacity`` bytes.
+
+    Returns ``(compressed_block, bytes_of_src_consumed)``.  ``level`` None uses
+    the fast compressor (``-z lz4``), otherwise LZ4HC at that level (``-z lz4hc,N``).
+    """
+    s = _Buf(src)
+    out = ctypes.create_string_buffer(max(dst_capacity, 1))
+    consumed = ctypes.c_int(s.size)
+    if level is None:
+        n = _lib.LZ4_compress_destSize(s.addr, ctypes.addressof(out), ctypes.byref(consumed), dst_capacity)
+    else:
+        state = ctypes.create_string_buffer(_HC_STATE_SIZE)
+        n = _lib.LZ4_compress_HC_destSize(
+            ctypes.addressof(state), s.addr, ctypes.addressof(out), ctypes.byref(consumed), dst_capacity, level
+        )
+    if n <= 0:
+        return b"", 0
+    return out.raw[:n], int(consumed.value)

@@ -1,0 +1,1 @@
+"""One module per ``nommufs`` subcommand (see fusefs/cli.py)."""

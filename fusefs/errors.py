@@ -1,0 +1,96 @@
+"""The one error hierarchy of nommufs.
+
+Everything the library raises on purpose is an :class:`FsError`; each carries
+the errno the FUSE adapter answers with and, where it subclasses a builtin
+(``FileNotFoundError``, ``MemoryError`` ...), callers may catch either.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import ClassVar
+
+
+class FsError(Exception):
+    """Base of every error the library raises on purpose."""
+
+    errno: ClassVar[int] = _errno.EIO
+
+
+class CorruptImageError(FsError):
+    """Broken metadata: the kernel's EFSCORRUPTED ("structure needs cleaning").
+
+    The message names the structure and where it is, so one line is enough
+    to find the problem: ``erofs inode nid 36 @0x480: inline tail crosses a block``.
+    """
+
+    errno = _errno.EUCLEAN
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        structure: str | None = None,
+        offset: int | None = None,
+        nid: int | None = None,
+    ) -> None:
+        self.reason = reason
+        self.structure = structure
+        self.offset = offset
+        self.nid = nid
+        where = []
+        if structure:
+            where.append(structure)
+        if nid is not None:
+            where.append(f"nid {nid}")
+        if offset is not None:
+            where.append(f"@{offset:#x}")
+        super().__init__(f"{' '.join(where)}: {reason}" if where else reason)
+
+
+class UnsupportedFeatureError(FsError):
+    """Valid but not supported here (EOPNOTSUPP); names the feature."""
+
+    errno = _errno.EOPNOTSUPP
+
+
+class NotFoundError(FsError, FileNotFoundError):
+    errno = _errno.ENOENT
+
+
+class NotADirectoryFsError(FsError, NotADirectoryError):
+    errno = _errno.ENOTDIR
+
+
+class IsADirectoryFsError(FsError, IsADirectoryError):
+    errno = _errno.EISDIR
+
+
+class NotASymlinkError(FsError):
+    errno = _errno.EINVAL
+
+
+class NoAttributeError(FsError):
+    """No such extended attribute (ENODATA)."""
+
+    errno = _errno.ENODATA
+
+
+class OutOfMemoryError(FsError, MemoryError):
+    """The simulated machine's arena could not satisfy an allocation (ENOMEM)."""
+
+    errno = _errno.ENOMEM
+
+
+class InvalidArgumentError(FsError, ValueError):
+    errno = _errno.EINVAL
+
+
+class ReadOnlyError(FsError):
+    errno = _errno.EROFS
+
+
+class BuildError(FsError):
+    """mkimage could not build the image; the message names the source path."""
+
+    errno = _errno.EINVAL

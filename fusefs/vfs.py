@@ -1,0 +1,310 @@
+"""The format-neutral filesystem core.
+
+Every image format (EROFS, cramfs) implements :class:`Filesystem`; the FUSE
+adapter, the offline commands (``ls``, ``cat``, ``extract``, ``inspect``,
+``fsck``) and the tests all drive the same object, so there is one read path.
+
+Identifier spaces.  Three kinds of number name a file, and they meet here:
+
+* the *disk location* a format uses (an EROFS nid: the 32-byte slot of the
+  inode relative to ``meta_blkaddr``; a cramfs inode's byte offset in the
+  image);
+* the :data:`Ino` a :class:`Filesystem` hands out: a format chooses it, it is
+  stable for the life of the open image, unique per inode (hard links share
+  one), and never 0.  ``Filesystem.root`` is the root directory's Ino;
+* the FUSE inode number, which the kernel requires to be 1 for the root
+  (``pyfuse3.ROOT_INODE``).  Only ``fusefs/fuse/`` knows about it and maps
+  ``root`` <-> 1; every other Ino is passed through unchanged (a format never
+  hands out 1 for a non-root inode).
+"""
+
+from __future__ import annotations
+
+import abc
+import mmap
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, NewType
+
+from fusefs.errors import CorruptImageError, InvalidArgumentError, UnsupportedFeatureError
+
+Ino = NewType("Ino", int)
+
+MmMode = Literal["mmu", "nommu-contig", "nommu-bounce"]
+Strategy = Literal["vmap", "bounce", "contig-folio", "percpu-buffer"]
+MM_MODES: Final[tuple[MmMode, ...]] = ("mmu", "nommu-contig", "nommu-bounce")
+STRATEGIES: Final[tuple[Strategy, ...]] = ("vmap", "bounce", "contig-folio", "percpu-buffer")
+PAGE_SIZE: Final = 4096
+DEFAULT_ARENA_BYTES: Final = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """How reading an image uses the simulated machine's memory (per mount)."""
+
+    mm: MmMode = "mmu"
+    decompress: Strategy = "vmap"
+    arena_bytes: int = DEFAULT_ARENA_BYTES
+    xip_read: Literal["pagecache", "direct"] = "pagecache"
+
+    def __post_init__(self) -> None:
+        if self.mm not in MM_MODES:
+            raise InvalidArgumentError(f"unknown --mm mode {self.mm!r} (one of {', '.join(MM_MODES)})")
+        if self.decompress not in STRATEGIES:
+            raise InvalidArgumentError(
+                f"unknown --decompress strategy {self.decompress!r} (one of {', '.join(STRATEGIES)})"
+            )
+        if self.arena_bytes <= 0 or self.arena_bytes % PAGE_SIZE:
+            raise InvalidArgumentError(f"--arena {self.arena_bytes} is not a positive multiple of 4096")
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What stat(2) shows for an inode."""
+
+    ino: Ino
+    mode: int  # full st_mode: type and permission bits
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int  # atime and ctime are reported equal to mtime
+    rdev: int = 0  # os.makedev() encoding
+    blocks: int = 0  # 512-byte units, as st_blocks
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One directory entry.  ``offset`` is a stable key: listing again from
+    ``offset`` yields the entries after this one (pyfuse3's readdir contract)."""
+
+    name: bytes
+    ino: Ino
+    type: int  # the S_IFMT bits of the target's mode
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class FsStat:
+    block_size: int
+    blocks: int
+    files: int
+    name_max: int = 255
+
+
+@dataclass(slots=True)
+class CacheCounters:
+    """Hit/miss counters of one bounded cache owned by an image."""
+
+    hits: int = 0
+    misses: int = 0
+
+
+class ImageBytes:
+    """The image file mapped read-only, with the one bounds check every
+    ``(offset, length)`` taken from the image goes through."""
+
+    def __init__(self, path: str | os.PathLike[str], offset: int = 0) -> None:
+        self.path = os.fspath(path)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
+                raise InvalidArgumentError(f"{self.path}: not a regular file or block device")
+            total = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
+            if offset < 0 or offset > total:
+                raise InvalidArgumentError(f"{self.path}: --offset {offset} is beyond the end ({total} bytes)")
+            self.size = total - offset
+            self._mmap: mmap.mmap | None = (
+                mmap.mmap(fd, total, prot=mmap.PROT_READ) if total else None
+            )
+        finally:
+            os.close(fd)
+        self.base = offset
+        whole = memoryview(self._mmap) if self._mmap is not None else memoryview(b"")
+        self.view: memoryview = whole[offset:]
+        self._whole = whole
+
+    def check(self, offset: int, length: int, *, structure: str, nid: int | None = None) -> None:
+        """Raise CorruptImageError unless ``[offset, offset+length)`` lies inside the image."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise CorruptImageError(
+                f"{length} bytes at {offset:#x} lie outside the {self.size}-byte image",
+                structure=structure,
+                offset=offset,
+                nid=nid,
+            )
+
+    def slice(self, offset: int, length: int, *, structure: str, nid: int | None = None) -> memoryview:
+        """A bounds-checked read-only view of the image."""
+        self.check(offset, length, structure=structure, nid=nid)
+        return self.view[offset : offset + length]
+
+    def close(self) -> None:
+        self.view.release()
+        self._whole.release()
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
+
+
+class Filesystem(abc.ABC):
+    """A read-only filesystem image, opened.
+
+    Methods are safe to call from several threads at once (the FUSE adapter
+    decompresses off its event loop); an implementation serialises what must
+    be serialised with ``self.lock``.
+    """
+
+    format_name: str = "?"
+
+    def __init__(self, image: ImageBytes, memory: MemoryConfig) -> None:
+        self.image = image
+        self.memory = memory
+        self.lock = threading.RLock()
+
+    @property
+    @abc.abstractmethod
+    def root(self) -> Ino: ...
+
+    @abc.abstractmethod
+    def getattr(self, ino: Ino) -> Attr: ...
+
+    @abc.abstractmethod
+    def lookup(self, parent: Ino, name: bytes) -> Ino:
+        """The Ino of ``name`` in directory ``parent``; NotFoundError if absent."""
+
+    @abc.abstractmethod
+    def readdir(self, ino: Ino, offset: int = 0) -> Iterator[DirEntry]:
+        """Entries after the one whose ``offset`` is given (0: from the start),
+        ``.`` and ``..`` included, in on-disk order."""
+
+    @abc.abstractmethod
+    def read(self, ino: Ino, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of a regular file from ``offset`` (short at EOF)."""
+
+    @abc.abstractmethod
+    def readlink(self, ino: Ino) -> bytes: ...
+
+    @abc.abstractmethod
+    def listxattr(self, ino: Ino) -> list[bytes]: ...
+
+    @abc.abstractmethod
+    def getxattr(self, ino: Ino, name: bytes) -> bytes:
+        """The value of xattr ``name`` (full name, e.g. ``b"user.foo"``); NoAttributeError if absent."""
+
+    @abc.abstractmethod
+    def statfs(self) -> FsStat: ...
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Superblock, features and counts, as plain JSON-able data (``inspect``)."""
+
+    def describe_inode(self, ino: Ino) -> dict[str, Any]:
+        """An inode's layout and extents (``inspect --inode``)."""
+        attr = self.getattr(ino)
+        return {"ino": int(ino), "mode": oct(attr.mode), "size": attr.size}
+
+    def memory_stats(self) -> dict[str, int]:
+        """Counters of the simulated machine's memory used by this image."""
+        return {}
+
+    def close(self) -> None:
+        self.image.close()
+
+    def __enter__(self) -> Filesystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# A probe looks at the first bytes of an image and, if the format is its own,
+# returns an opener.  Formats register themselves in fusefs/formats.py.
+Opener = Callable[[ImageBytes, MemoryConfig], Filesystem]
+
+
+@dataclass(slots=True)
+class _Registry:
+    probes: list[tuple[str, Callable[[ImageBytes], bool], Opener]] = field(default_factory=list)
+
+
+FORMATS: Final = _Registry()
+
+
+def register_format(name: str, probe: Callable[[ImageBytes], bool], opener: Opener) -> None:
+    FORMATS.probes.append((name, probe, opener))
+
+
+def open_image(
+    path: str | os.PathLike[str],
+    memory: MemoryConfig | None = None,
+    *,
+    offset: int = 0,
+) -> Filesystem:
+    """Open an image, detecting its format (EROFS or cramfs) by its magic."""
+    import fusefs.formats  # noqa: F401  (registers the formats)
+
+    image = ImageBytes(path, offset)
+    try:
+        for _name, probe, opener in FORMATS.probes:
+            if probe(image):
+                return opener(image, memory or MemoryConfig())
+        raise UnsupportedFeatureError(f"{image.path}: not an EROFS or cramfs image (no known magic)")
+    except BaseException:
+        image.close()
+        raise
+
+
+def resolve(fs: Filesystem, path: str | bytes, *, follow_last: bool = False) -> Ino:
+    """The Ino at ``path`` (relative to the root; ``/`` separated)."""
+    from fusefs.errors import NotADirectoryFsError
+
+    raw = os.fsencode(path)
+    ino = fs.root
+    seen = 0
+    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+    stack: list[Ino] = []
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if not fs.getattr(ino).is_dir:
+            raise NotADirectoryFsError(f"{raw.decode(errors='replace')}: not a directory")
+        if part == b"..":
+            ino = stack.pop() if stack else fs.root
+            i += 1
+            continue
+        child = fs.lookup(ino, part)
+        attr = fs.getattr(child)
+        last = i == len(parts) - 1
+        if attr.is_lnk and (follow_last or not last):
+            seen += 1
+            if seen > 40:
+                from fusefs.errors import FsError
+
+                raise FsError(f"{raw.decode(errors='replace')}: too many levels of symbolic links")
+            target = fs.readlink(child)
+            rest = [p for p in target.split(b"/") if p not in (b"", b".")]
+            if target.startswith(b"/"):
+                ino, stack = fs.root, []
+            parts = parts[:i] + rest + parts[i + 1 :]
+            continue
+        stack.append(ino)
+        ino = child
+        i += 1
+    return ino
