@@ -220,6 +220,13 @@ class Filesystem(abc.ABC):
         attr = self.getattr(ino)
         return {"ino": int(ino), "mode": oct(attr.mode), "size": attr.size}
 
+    def fsck_extra(self) -> Iterator[str]:
+        """Format-specific structural problems a tree walk would not notice
+        (dirent order, superblock counts, unreferenced areas), one line each.
+        ``nommufs fsck`` walks every inode through the methods above and then
+        reports these."""
+        return iter(())
+
     def memory_stats(self) -> dict[str, int]:
         """Counters of the simulated machine's memory used by this image."""
         return {}
