@@ -1,0 +1,685 @@
+"""The arena: a fixed-size, memfd-backed block of page frames and everything done to it.
+
+One :class:`Arena` is the physical memory of one simulated machine.  It is
+allocated once; every frame the shim hands out, bounce buffers included, is
+a frame of it.  The arena keeps the per-frame metadata (:class:`Page`) in
+step with a buddy allocator, maps pages with ``vmap`` under the mount's MMU
+semantics, asks shrinkers (the page cache) for memory before an allocation
+fails, and counts everything.  All state is per arena and behind one
+re-entrant lock, so a few threads may share an arena and two arenas never
+interfere.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import mmap
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, Literal, get_args
+
+from mmshim import _vmap
+from mmshim._buddy import BuddyAllocator
+from mmshim._errors import (
+    AllocError,
+    BadPageStateError,
+    MappingLeakError,
+    MmshimError,
+    TailPageError,
+    VmapError,
+)
+from mmshim._page import (
+    MAX_ORDER,
+    PAGE_SIZE,
+    Owner,
+    OwnerKind,
+    Page,
+    PageFlags,
+    Pfn,
+    PG_dirty,
+    PG_free,
+    PG_head,
+    PG_locked,
+    PG_lru,
+    PG_tail,
+    PG_uptodate,
+)
+from mmshim._stats import ArenaStats
+from mmshim._vmap import VM_MAP_PUT_PAGES, Mapping, MappingKind
+
+MmMode = Literal["mmu", "nommu-contig", "nommu-bounce"]
+TailPagePolicy = Literal["folio", "reject"]
+MM_MODES: Final[tuple[str, ...]] = get_args(MmMode)
+TAIL_PAGE_POLICIES: Final[tuple[str, ...]] = get_args(TailPagePolicy)
+
+Shrinker = Callable[[int], int]
+Observer = Callable[["Arena"], None]
+
+# Flags a folio must not carry when it goes back to the buddy allocator
+# (the kernel's PAGE_FLAGS_CHECK_AT_FREE, reduced to the flags we model).
+_CHECK_AT_FREE: Final = PG_locked | PG_lru
+
+
+def is_contiguous(pages: Sequence[Page]) -> bool:
+    """True if the pages are consecutive frames (pfn, pfn+1, ...) of one arena."""
+    if not pages:
+        return False
+    first = pages[0]
+    return all(p.pfn == first.pfn + i and p.arena is first.arena for i, p in enumerate(pages))
+
+
+def _digest(frame: memoryview) -> bytes:
+    return hashlib.blake2b(frame, digest_size=16).digest()
+
+
+class Arena:
+    """``size`` bytes of page frames with the kernel's allocator and vmap semantics.
+
+    ``mode`` is how ``vmap`` behaves: ``"mmu"`` (remap the frames, real
+    aliasing), ``"nommu-contig"`` (only physically contiguous pages, else
+    ENOMEM) or ``"nommu-bounce"`` (contiguous pages directly, scattered ones
+    through a bounce buffer from the arena).  ``tail_pages`` answers the
+    seed's question for ``vmap``: ``"folio"`` accepts tail pages of large
+    folios and sends their references to the head, ``"reject"`` raises
+    :class:`TailPageError` for them.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        mode: str = "mmu",
+        *,
+        tail_pages: str = "folio",
+        name: str = "mmshim-arena",
+    ) -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"arena size {size} is not a positive multiple of {PAGE_SIZE}")
+        if mode not in MM_MODES:
+            raise ValueError(f"unknown mm mode {mode!r} (one of {', '.join(MM_MODES)})")
+        if tail_pages not in TAIL_PAGE_POLICIES:
+            raise ValueError(
+                f"unknown tail page policy {tail_pages!r} (one of {', '.join(TAIL_PAGE_POLICIES)})"
+            )
+        self.size: Final = size
+        self.mode: Final = mode
+        self.tail_pages: Final = tail_pages
+        self.nr_pages: Final = size // PAGE_SIZE
+        self._lock = threading.RLock()
+        self._page_lock_wait = threading.Condition(self._lock)
+
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        self._close_fd = weakref.finalize(self, os.close, fd)
+        self._fd = fd
+        os.ftruncate(fd, size)
+        self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self._buf = memoryview(self._mm)
+
+        self._pages = [Page(self, Pfn(pfn)) for pfn in range(self.nr_pages)]
+        self._buddy = BuddyAllocator(self.nr_pages, MAX_ORDER)
+        for pfn, order in self._buddy.free_blocks():
+            self._pages[pfn]._order = order
+        self._mappings: dict[int, Mapping] = {}
+        self._shrinkers: list[Shrinker] = []
+        self._observers: list[Observer] = []
+        self._owner_frames = dict.fromkeys(OwnerKind, 0)
+        self._owner_frames[OwnerKind.FREE] = self.nr_pages
+        self._closed = False
+
+        self._frames_peak = 0
+        self._alloc_calls = 0
+        self._alloc_failures = 0
+        self._largest_alloc_order = -1
+        self._vmap_calls = 0
+        self._vmap_failures = 0
+        self._bounce_vmaps = 0
+        self._bounce_bytes = 0
+        self._lost_writes = 0
+        self._evictions = 0
+        self._stale_view_unmaps = 0
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The arena's lock; the page cache shares it, so the two cannot deadlock."""
+        return self._lock
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<Arena {self.size // 1024} KiB {self.mode} tail_pages={self.tail_pages}{state}>"
+
+    def __enter__(self) -> Arena:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MmshimError(f"{self!r} is closed")
+
+    def _own(self, page: Page) -> Page:
+        if page.arena is not self:
+            raise ValueError(f"{page!r} belongs to another arena")
+        return page
+
+    def _notify(self) -> None:
+        for fn in self._observers:
+            fn(self)
+
+    def page(self, pfn: int) -> Page:
+        """The page metadata of frame ``pfn`` (``pfn_to_page``)."""
+        if not 0 <= pfn < self.nr_pages:
+            raise IndexError(f"pfn {pfn} outside the arena (0..{self.nr_pages - 1})")
+        return self._pages[pfn]
+
+    def register_shrinker(self, fn: Shrinker) -> None:
+        """Ask ``fn(nr_frames_wanted) -> frames_freed`` for memory before an allocation fails."""
+        with self._lock:
+            self._shrinkers.append(fn)
+
+    def unregister_shrinker(self, fn: Shrinker) -> None:
+        with self._lock:
+            self._shrinkers.remove(fn)
+
+    def add_observer(self, fn: Observer) -> None:
+        """Call ``fn(arena)`` after every alloc, free, vmap and vunmap (under the lock)."""
+        with self._lock:
+            self._observers.append(fn)
+
+    def remove_observer(self, fn: Observer) -> None:
+        with self._lock:
+            self._observers.remove(fn)
+
+    def _note_evictions(self, nr: int) -> None:
+        self._evictions += nr
+
+    @property
+    def stats(self) -> ArenaStats:
+        """A consistent snapshot of occupancy and counters."""
+        with self._lock:
+            free = self._buddy.nr_free
+            return ArenaStats(
+                frames_total=self.nr_pages,
+                frames_free=free,
+                frames_used=self.nr_pages - free,
+                frames_peak=self._frames_peak,
+                alloc_calls=self._alloc_calls,
+                alloc_failures=self._alloc_failures,
+                largest_free_order=self._buddy.largest_free_order(),
+                largest_alloc_order=self._largest_alloc_order,
+                vmap_calls=self._vmap_calls,
+                vmap_failures=self._vmap_failures,
+                vmaps_live=len(self._mappings),
+                bounce_vmaps=self._bounce_vmaps,
+                bounce_bytes=self._bounce_bytes,
+                lost_writes=self._lost_writes,
+                evictions=self._evictions,
+                stale_view_unmaps=self._stale_view_unmaps,
+                free_blocks_by_order=tuple(self._buddy.free_counts()),
+                frames_by_owner={k.value: n for k, n in self._owner_frames.items()},
+            )
+
+    def reset_peak(self) -> None:
+        """Start a new high-water mark of used frames from the current use."""
+        with self._lock:
+            self._frames_peak = self.nr_pages - self._buddy.nr_free
+
+    # -- the page allocator ---------------------------------------------------
+
+    def alloc_pages(self, order: int = 0, owner: Owner = Owner.OTHER) -> Page:
+        """Allocate a folio of ``2**order`` contiguous frames; return its head.
+
+        The head has refcount 1.  When no free block is large enough, every
+        registered shrinker is asked in turn; if that does not help,
+        :class:`AllocError` (a :class:`MemoryError`) is raised.
+        """
+        with self._lock:
+            self._check_open()
+            self._alloc_calls += 1
+            self._largest_alloc_order = max(self._largest_alloc_order, order)
+            pfn = self._buddy.alloc(order) if 0 <= order <= MAX_ORDER else None
+            if pfn is None and 0 <= order <= MAX_ORDER:
+                pfn = self._alloc_slowpath(order)
+            if pfn is None:
+                self._alloc_failures += 1
+                free = self._buddy.nr_free
+                raise AllocError(
+                    f"alloc_pages(order={order}) for {owner}: no free block of "
+                    f"{1 << order if order >= 0 else 0} frames ({free} frames free, "
+                    f"largest free order {self._buddy.largest_free_order()})",
+                    order=order,
+                    frames_free=free,
+                )
+            head = self._prep_new_folio(pfn, order, owner)
+            self._notify()
+            return head
+
+    def _alloc_slowpath(self, order: int) -> int | None:
+        for shrink in list(self._shrinkers):
+            if shrink(1 << order) > 0:
+                pfn = self._buddy.alloc(order)
+                if pfn is not None:
+                    return pfn
+        return None
+
+    def _prep_new_folio(self, pfn: int, order: int, owner: Owner) -> Page:
+        nr = 1 << order
+        head = self._pages[pfn]
+        frames = self._pages[pfn : pfn + nr]
+        for p in frames:
+            assert p.flags == PG_free and p.refcount == 0 and p.mapcount == 0, p
+            p.flags = PG_tail
+            p.refcount = 0
+            p._order = 0
+            p.head = head
+            p.owner = owner
+        head.flags = PG_head if order else PageFlags(0)
+        head.refcount = 1
+        head._order = order
+        self._owner_frames[OwnerKind.FREE] -= nr
+        self._owner_frames[owner.kind] += nr
+        used = self.nr_pages - self._buddy.nr_free
+        self._frames_peak = max(self._frames_peak, used)
+        return head
+
+    def _check_free(self, head: Page) -> None:
+        """Raise before a folio whose last reference goes is in a state it must not be freed in."""
+        if head.flags & _CHECK_AT_FREE:
+            raise BadPageStateError(
+                f"freeing pfn {head.pfn} with flags {head.flags!r} still set", pfn=head.pfn
+            )
+        for p in self._pages[head.pfn : head.pfn + (1 << head._order)]:
+            if p.mapcount:
+                raise BadPageStateError(
+                    f"freeing pfn {p.pfn} while {p.mapcount} vmap(s) still map it", pfn=p.pfn
+                )
+
+    def _free_folio(self, head: Page) -> None:
+        order = head._order
+        nr = 1 << order
+        for p in self._pages[head.pfn : head.pfn + nr]:
+            p.flags = PG_free
+            p.refcount = 0
+            p._order = 0
+            p.head = p
+            p.owner = Owner.FREE
+        self._owner_frames[OwnerKind.FREE] += nr
+        merged_pfn, merged_order, absorbed = self._buddy.free(head.pfn, order)
+        for pfn, _ in absorbed:
+            self._pages[pfn]._order = 0
+        self._pages[merged_pfn]._order = merged_order
+
+    def _put(self, head: Page) -> bool:
+        """Drop one reference on a head page; free the folio at zero.  True if freed."""
+        if head.refcount == 1:
+            self._check_free(head)
+            kind = head.owner.kind
+            head.refcount = 0
+            self._owner_frames[kind] -= 1 << head._order
+            self._free_folio(head)
+            return True
+        head.refcount -= 1
+        return False
+
+    def _live_head(self, page: Page, what: str) -> Page:
+        self._own(page)
+        head = page.head
+        if head.flags & PG_free or head.refcount <= 0:
+            raise BadPageStateError(
+                f"{what}(pfn {page.pfn}): page is free (refcount {head.refcount})", pfn=page.pfn
+            )
+        return head
+
+    def free_pages(self, page: Page, order: int | None = None) -> None:
+        """Drop the allocation's reference on a folio by its head (``__free_pages``).
+
+        The folio goes back to the buddy allocator when that was the last
+        reference.  A tail page is refused with :class:`TailPageError` (its
+        refcount is 0: the seed's ``VM_BUG_ON_PAGE``); a free page, a wrong
+        ``order``, or a folio still locked or vmapped raise
+        :class:`BadPageStateError`.  Nothing changes when it raises.
+        """
+        with self._lock:
+            self._check_open()
+            self._own(page)
+            if page.flags & PG_tail:
+                raise TailPageError(
+                    f"free_pages(pfn {page.pfn}): tail page of the order-{page.head._order} "
+                    f"folio at pfn {page.head.pfn} has refcount 0 "
+                    "(VM_BUG_ON_PAGE(page_ref_count(page) == 0))",
+                    pfn=page.pfn,
+                )
+            if page.flags & PG_free or page.refcount <= 0:
+                raise BadPageStateError(f"free_pages(pfn {page.pfn}): double free", pfn=page.pfn)
+            if order is not None and order != page._order:
+                raise BadPageStateError(
+                    f"free_pages(pfn {page.pfn}, order={order}): folio has order {page._order}",
+                    pfn=page.pfn,
+                )
+            if self._put(page):
+                self._notify()
+
+    def get_page(self, page: Page) -> None:
+        """Take a reference; on a tail page it is a reference on its folio's head."""
+        with self._lock:
+            self._live_head(page, "get_page").refcount += 1
+
+    def put_page(self, page: Page) -> None:
+        """Drop a reference (a tail page's goes to its head); free the folio at zero."""
+        with self._lock:
+            if self._put(self._live_head(page, "put_page")):
+                self._notify()
+
+    def set_owner(self, page: Page, owner: Owner) -> None:
+        """Record a new owner for a whole folio (e.g. when the page cache adopts it)."""
+        with self._lock:
+            head = self._live_head(page, "set_owner")
+            nr = 1 << head._order
+            self._owner_frames[head.owner.kind] -= nr
+            self._owner_frames[owner.kind] += nr
+            for p in self._pages[head.pfn : head.pfn + nr]:
+                p.owner = owner
+
+    # -- folio flags and the folio lock --------------------------------------
+
+    def set_page_flags(self, page: Page, flags: PageFlags) -> None:
+        """Set uptodate/dirty on a folio (on its head)."""
+        with self._lock:
+            if flags & ~(PG_uptodate | PG_dirty):
+                raise ValueError(f"only PG_uptodate and PG_dirty may be set, not {flags!r}")
+            self._live_head(page, "set_page_flags").flags |= flags
+
+    def clear_page_flags(self, page: Page, flags: PageFlags) -> None:
+        with self._lock:
+            if flags & ~(PG_uptodate | PG_dirty):
+                raise ValueError(f"only PG_uptodate and PG_dirty may be cleared, not {flags!r}")
+            self._live_head(page, "clear_page_flags").flags &= ~flags
+
+    def lock_page(self, page: Page) -> None:
+        """Take the folio lock, waiting while another holder has it."""
+        with self._page_lock_wait:
+            head = self._live_head(page, "lock_page")
+            while head.flags & PG_locked:
+                self._page_lock_wait.wait()
+            head.flags |= PG_locked
+
+    def trylock_page(self, page: Page) -> bool:
+        with self._lock:
+            head = self._live_head(page, "trylock_page")
+            if head.flags & PG_locked:
+                return False
+            head.flags |= PG_locked
+            return True
+
+    def unlock_page(self, page: Page) -> None:
+        with self._page_lock_wait:
+            head = self._live_head(page, "unlock_page")
+            if not head.flags & PG_locked:
+                raise BadPageStateError(f"unlock_page(pfn {page.pfn}): not locked", pfn=page.pfn)
+            head.flags &= ~PG_locked
+            self._page_lock_wait.notify_all()
+
+    def wait_on_page_locked(self, page: Page) -> None:
+        with self._page_lock_wait:
+            head = self._live_head(page, "wait_on_page_locked")
+            while head.flags & PG_locked:
+                self._page_lock_wait.wait()
+
+    # -- direct access: page_address / kmap_local ----------------------------
+
+    def page_view(self, page: Page) -> memoryview:
+        """A writable view of one frame (``page_address``/``kmap_local``)."""
+        with self._lock:
+            self._check_open()
+            self._live_head(page, "page_view")
+            start = page.pfn * PAGE_SIZE
+            return self._buf[start : start + PAGE_SIZE]
+
+    kmap_local = page_view
+
+    def folio_view(self, head: Page) -> memoryview:
+        """A writable view of a whole folio, given its head (``folio_address``)."""
+        with self._lock:
+            self._check_open()
+            if head.flags & PG_tail:
+                raise TailPageError(
+                    f"folio_view(pfn {head.pfn}): tail page of the folio at pfn {head.head.pfn}",
+                    pfn=head.pfn,
+                )
+            self._live_head(head, "folio_view")
+            start = head.pfn * PAGE_SIZE
+            return self._buf[start : start + (PAGE_SIZE << head._order)]
+
+    # -- vmap ------------------------------------------------------------------
+
+    def vmap(self, pages: Iterable[Page], flags: int = 0) -> Mapping:
+        """Map ``pages`` into one virtually contiguous, writable view.
+
+        What that means depends on the arena's mode (see the module
+        docstring of :mod:`mmshim`).  Raises :class:`VmapError` (a
+        :class:`MemoryError`) where the mode cannot do it, and
+        :class:`TailPageError` for tail pages under ``tail_pages="reject"``.
+        With ``VM_MAP_PUT_PAGES`` the mapping owns one reference per entry and
+        drops it at :meth:`vunmap`.
+        """
+        return self._map(tuple(pages), flags, via_map_ram=False)
+
+    def vm_map_ram(self, pages: Iterable[Page]) -> Mapping:
+        """Like :meth:`vmap` without flags; give it back with :meth:`vm_unmap_ram`."""
+        return self._map(tuple(pages), 0, via_map_ram=True)
+
+    def _map(self, pages: tuple[Page, ...], flags: int, *, via_map_ram: bool) -> Mapping:
+        with self._lock:
+            self._check_open()
+            if not pages:
+                raise ValueError("vmap of no pages")
+            self._vmap_calls += 1
+            for p in pages:
+                self._live_head(p, "vmap")
+                if p.flags & PG_tail and self.tail_pages == "reject":
+                    self._vmap_failures += 1
+                    raise TailPageError(
+                        f"vmap: pfn {p.pfn} is a tail page of the order-{p.head._order} folio "
+                        f"at pfn {p.head.pfn}; this arena maps order-0 pages and heads only",
+                        pfn=p.pfn,
+                    )
+            contiguous = is_contiguous(pages)
+            bounce: Page | None = None
+            digests: list[bytes] | None = None
+            if self.mode == "mmu":
+                kind = MappingKind.REMAP
+                if contiguous:
+                    mm = _vmap.map_direct(self._fd, pages[0].pfn, len(pages))
+                else:
+                    mm = _vmap.map_scattered(self._fd, [p.pfn for p in pages])
+            elif contiguous:
+                kind = MappingKind.DIRECT
+                mm = _vmap.map_direct(self._fd, pages[0].pfn, len(pages))
+            elif self.mode == "nommu-contig":
+                self._vmap_failures += 1
+                raise VmapError(
+                    f"vmap of {len(pages)} scattered pages (pfn {pages[0].pfn}, ...) "
+                    "without an MMU: only physically contiguous pages can be mapped",
+                    order=0,
+                    frames_free=self._buddy.nr_free,
+                )
+            else:
+                kind = MappingKind.BOUNCE
+                bounce, digests = self._bounce_in(pages)
+                mm = _vmap.map_direct(self._fd, bounce.pfn, len(pages))
+            for p in pages:
+                p.mapcount += 1
+            m = Mapping(
+                self,
+                pages,
+                flags,
+                kind,
+                mm,
+                bounce=bounce,
+                digests=digests,
+                via_map_ram=via_map_ram,
+            )
+            self._mappings[id(m)] = m
+            self._notify()
+            return m
+
+    def _bounce_in(self, pages: tuple[Page, ...]) -> tuple[Page, list[bytes]]:
+        """Allocate a contiguous bounce buffer from the arena and copy the pages in."""
+        nr = len(pages)
+        order = (nr - 1).bit_length()
+        for p in pages:  # the shrinker must not evict what is being mapped
+            p.mapcount += 1
+        try:
+            bounce = self.alloc_pages(order, Owner.BOUNCE)
+        except AllocError as e:
+            self._vmap_failures += 1
+            raise VmapError(
+                f"vmap of {nr} scattered pages: no contiguous order-{order} bounce buffer "
+                f"({e.frames_free} frames free, largest free order "
+                f"{self._buddy.largest_free_order()})",
+                order=order,
+                frames_free=e.frames_free,
+            ) from e
+        finally:
+            for p in pages:
+                p.mapcount -= 1
+        buf = self._buf
+        digests = []
+        for i, p in enumerate(pages):
+            src = p.pfn * PAGE_SIZE
+            dst = (bounce.pfn + i) * PAGE_SIZE
+            frame = buf[src : src + PAGE_SIZE]
+            buf[dst : dst + PAGE_SIZE] = frame
+            digests.append(_digest(frame))
+        self._bounce_vmaps += 1
+        self._bounce_bytes += nr * PAGE_SIZE
+        return bounce, digests
+
+    def _bounce_out(self, m: Mapping, bounce: Page, digests: list[bytes]) -> None:
+        """Copy a bounce buffer back, counting direct writes the copy overwrites."""
+        buf = self._buf
+        lost = 0
+        # Look for lost writes before copying anything back: a page listed
+        # twice would otherwise look changed by our own copy.
+        for i, p in enumerate(m.pages):
+            src = (bounce.pfn + i) * PAGE_SIZE
+            dst = p.pfn * PAGE_SIZE
+            frame = buf[dst : dst + PAGE_SIZE]
+            if _digest(frame) != digests[i] and frame != buf[src : src + PAGE_SIZE]:
+                lost += 1
+        for i, p in enumerate(m.pages):
+            src = (bounce.pfn + i) * PAGE_SIZE
+            dst = p.pfn * PAGE_SIZE
+            buf[dst : dst + PAGE_SIZE] = buf[src : src + PAGE_SIZE]
+        m.lost_writes = lost
+        self._lost_writes += lost
+        self._bounce_bytes += len(m.pages) * PAGE_SIZE
+
+    def vunmap(self, m: Mapping) -> None:
+        """Tear a :meth:`vmap` mapping down (copying a bounce buffer back first)."""
+        self._unmap(m, via_map_ram=False)
+
+    def vm_unmap_ram(self, m: Mapping) -> None:
+        """Tear a :meth:`vm_map_ram` mapping down."""
+        self._unmap(m, via_map_ram=True)
+
+    def _check_put_pages(self, m: Mapping) -> None:
+        """Raise before anything changes if dropping one reference per entry would be a bug."""
+        puts = collections.Counter(p.head.pfn for p in m.pages)
+        maps = collections.Counter(p.pfn for p in m.pages)
+        for pfn, n in puts.items():
+            head = self._pages[pfn]
+            if head.refcount < n:
+                raise BadPageStateError(
+                    f"vunmap(VM_MAP_PUT_PAGES): folio at pfn {pfn} listed {n} times "
+                    f"holds only {head.refcount} references",
+                    pfn=pfn,
+                )
+            if head.refcount == n:
+                if head.flags & _CHECK_AT_FREE:
+                    raise BadPageStateError(
+                        f"vunmap(VM_MAP_PUT_PAGES) would free pfn {pfn} with flags {head.flags!r}",
+                        pfn=pfn,
+                    )
+                for p in self._pages[pfn : pfn + (1 << head._order)]:
+                    if p.mapcount - maps[p.pfn]:
+                        raise BadPageStateError(
+                            f"vunmap(VM_MAP_PUT_PAGES) would free pfn {p.pfn} "
+                            "while another vmap maps it",
+                            pfn=p.pfn,
+                        )
+
+    def _unmap(self, m: Mapping, *, via_map_ram: bool) -> None:
+        with self._lock:
+            if self._mappings.get(id(m)) is not m:
+                raise MmshimError(f"unmapping {m!r}: not a live mapping of {self!r}")
+            if m.via_map_ram != via_map_ram:
+                right = "vm_unmap_ram" if m.via_map_ram else "vunmap"
+                raise MmshimError(f"{m.describe()} must be unmapped with {right}()")
+            if m.flags & VM_MAP_PUT_PAGES:
+                self._check_put_pages(m)
+            if not _vmap.unmap(m._mm, m.view):
+                self._stale_view_unmaps += 1
+            if m.bounce is not None:
+                assert m._digests is not None
+                self._bounce_out(m, m.bounce, m._digests)
+                self._put(m.bounce)
+            for p in m.pages:
+                p.mapcount -= 1
+            m.mapped = False
+            del self._mappings[id(m)]
+            if m.flags & VM_MAP_PUT_PAGES:
+                # Folio-correct: a tail page's reference is its head's.  (The
+                # kernel of the seed called __free_page() on each entry, which
+                # is free_pages() here and raises TailPageError on a tail page.)
+                for p in m.pages:
+                    self._put(p.head)
+            self._notify()
+
+    # -- the end ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Tear the arena down; raise :class:`MappingLeakError` naming what was still held.
+
+        Shrinkers are first asked to give back everything (drop caches), so
+        unreferenced page cache pages are not leaks; any mapping still live
+        and any folio still allocated is.  The arena is closed either way.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            leaks = [m.describe() for m in self._mappings.values()]
+            for shrink in list(self._shrinkers):
+                shrink(self.nr_pages)
+            pfn = 0
+            while pfn < self.nr_pages:
+                head = self._pages[pfn]
+                if head.flags & PG_free:
+                    pfn += 1 << head._order
+                    continue
+                leaks.append(
+                    f"order-{head._order} folio at pfn {pfn} ({head.owner}, "
+                    f"refcount {head.refcount}, flags {head.flags!r})"
+                )
+                pfn += 1 << head._order
+            for m in list(self._mappings.values()):
+                _vmap.unmap(m._mm, m.view)
+                m.mapped = False
+            self._mappings.clear()
+            self._closed = True
+            self._buf.release()
+            # If page views still exist, the mapping goes away with the last one.
+            with contextlib.suppress(BufferError):
+                self._mm.close()
+            self._close_fd()
+            if leaks:
+                raise MappingLeakError(f"Arena.close() of {self!r}", leaks)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,104 @@
+"""A binary buddy allocator over frame numbers, the kernel's ``free_area[]``.
+
+Pure bookkeeping over ints: which blocks of 2**order frames are free.  The
+arena keeps the per-frame metadata in step.  Blocks are naturally aligned
+(a block of order k starts at a multiple of 2**k); a block's buddy is the
+block at ``pfn ^ (1 << order)``, and two free buddies merge into one block of
+the next order.  Allocation takes the lowest-addressed free block of the
+smallest order that fits, so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+
+class BuddyAllocator:
+    """Free lists per order over frames ``0 .. nr_frames-1``, all free at start."""
+
+    def __init__(self, nr_frames: int, max_order: int) -> None:
+        if nr_frames <= 0:
+            raise ValueError(f"buddy allocator needs at least one frame, not {nr_frames}")
+        self.nr_frames = nr_frames
+        self.max_order = max_order
+        self.nr_free = 0
+        # free[order] is the set of free block heads; heaps[order] lists the
+        # same pfns lowest first, with stale entries skipped lazily.
+        self._free: list[set[int]] = [set() for _ in range(max_order + 1)]
+        self._heaps: list[list[int]] = [[] for _ in range(max_order + 1)]
+        pfn = 0
+        while pfn < nr_frames:
+            order = self.max_order
+            while order and (pfn & ((1 << order) - 1) or pfn + (1 << order) > nr_frames):
+                order -= 1
+            self._insert(pfn, order)
+            self.nr_free += 1 << order
+            pfn += 1 << order
+
+    def _insert(self, pfn: int, order: int) -> None:
+        self._free[order].add(pfn)
+        heapq.heappush(self._heaps[order], pfn)
+
+    def _pop_lowest(self, order: int) -> int:
+        heap, free = self._heaps[order], self._free[order]
+        while True:
+            pfn = heapq.heappop(heap)
+            if pfn in free:
+                free.remove(pfn)
+                return pfn
+
+    def alloc(self, order: int) -> int | None:
+        """Take a block of ``2**order`` frames; its first pfn, or None if none is free."""
+        if not 0 <= order <= self.max_order:
+            return None
+        for have in range(order, self.max_order + 1):
+            if self._free[have]:
+                break
+        else:
+            return None
+        pfn = self._pop_lowest(have)
+        while have > order:  # split, giving the upper halves back
+            have -= 1
+            self._insert(pfn + (1 << have), have)
+        self.nr_free -= 1 << order
+        return pfn
+
+    def free(self, pfn: int, order: int) -> tuple[int, int, list[tuple[int, int]]]:
+        """Give a block back, merging with free buddies.
+
+        Returns the merged block's ``(pfn, order)`` and the free blocks it
+        absorbed (``(pfn, order)`` each), so the caller can move its
+        free-block marks.
+        """
+        if pfn & ((1 << order) - 1) or pfn + (1 << order) > self.nr_frames:
+            raise ValueError(f"block pfn {pfn} order {order} is not an aligned block of the arena")
+        self.nr_free += 1 << order
+        absorbed = []
+        while order < self.max_order:
+            buddy = pfn ^ (1 << order)
+            if buddy not in self._free[order]:
+                break
+            self._free[order].remove(buddy)  # its heap entry goes stale
+            absorbed.append((buddy, order))
+            pfn = min(pfn, buddy)
+            order += 1
+        self._insert(pfn, order)
+        return pfn, order, absorbed
+
+    def is_free_block(self, pfn: int, order: int) -> bool:
+        return pfn in self._free[order]
+
+    def largest_free_order(self) -> int:
+        """Order of the largest free block, -1 if nothing is free."""
+        for order in range(self.max_order, -1, -1):
+            if self._free[order]:
+                return order
+        return -1
+
+    def free_blocks(self) -> list[tuple[int, int]]:
+        """All free blocks as sorted ``(pfn, order)``."""
+        return sorted((pfn, order) for order, s in enumerate(self._free) for pfn in s)
+
+    def free_counts(self) -> list[int]:
+        """Free blocks per order, like /proc/buddyinfo."""
+        return [len(s) for s in self._free]

@@ -1,0 +1,194 @@
+"""Page frames, their flags, and who owns them: the shim's ``struct page``.
+
+One :class:`Page` exists per frame of an arena for the arena's whole life; the
+arena alone changes its refcount, order and owner.  A folio of order *k* is
+2**k consecutive frames: the first is the head (refcount, order, owner), the
+others are tail pages with refcount 0 that point at it.  A free block of the
+buddy allocator is marked ``PG_free`` on every frame, and its first frame
+carries the block's order (the kernel's ``PageBuddy``/``buddy_order``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Final, NewType
+
+if TYPE_CHECKING:
+    from mmshim._arena import Arena
+
+Pfn = NewType("Pfn", int)
+
+PAGE_SHIFT: Final = 12
+PAGE_SIZE: Final = 1 << PAGE_SHIFT
+# The kernel's MAX_PAGE_ORDER (default 10): the largest buddy block is 4 MiB.
+MAX_ORDER: Final = 10
+
+
+class PageFlags(enum.IntFlag):
+    """The kernel's page flags that matter here (``PG_*``)."""
+
+    PG_free = enum.auto()  # in the buddy allocator (the kernel's PageBuddy)
+    PG_head = enum.auto()  # first frame of a folio of order > 0
+    PG_tail = enum.auto()  # other frames of such a folio; refcount 0, .head points back
+    PG_locked = enum.auto()  # folio lock: being read in, not to be evicted
+    PG_uptodate = enum.auto()  # contents valid
+    PG_dirty = enum.auto()  # contents differ from the backing store
+    PG_lru = enum.auto()  # on a page cache LRU list
+
+
+PG_free: Final = PageFlags.PG_free
+PG_head: Final = PageFlags.PG_head
+PG_tail: Final = PageFlags.PG_tail
+PG_locked: Final = PageFlags.PG_locked
+PG_uptodate: Final = PageFlags.PG_uptodate
+PG_dirty: Final = PageFlags.PG_dirty
+PG_lru: Final = PageFlags.PG_lru
+
+
+class OwnerKind(enum.Enum):
+    """Who holds a frame, coarsely: what ``ArenaStats.frames_by_owner`` groups by."""
+
+    FREE = "free"
+    PAGE_CACHE = "page_cache"
+    BOUNCE = "bounce"  # nommu-bounce vmap buffers
+    DECOMPRESS = "decompress"  # decompression output / vmap'd buffers
+    PERCPU = "percpu"  # buffers reserved at mount (the percpu-buffer strategy)
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds a folio: a kind, and for the page cache the (mapping, index).
+
+    Use the constants (``Owner.DECOMPRESS``, ``Owner.PERCPU`` ...) or
+    ``Owner.page_cache(mapping_id, index)``.
+    """
+
+    kind: OwnerKind
+    mapping_id: Hashable | None = None
+    index: int | None = None
+
+    FREE: ClassVar[Owner]
+    PAGE_CACHE: ClassVar[Owner]
+    BOUNCE: ClassVar[Owner]
+    DECOMPRESS: ClassVar[Owner]
+    VMAP: ClassVar[Owner]  # same as DECOMPRESS
+    PERCPU: ClassVar[Owner]
+    OTHER: ClassVar[Owner]
+
+    @classmethod
+    def page_cache(cls, mapping_id: Hashable, index: int) -> Owner:
+        """The page cache, at ``index`` of the file ``mapping_id``."""
+        return cls(OwnerKind.PAGE_CACHE, mapping_id, index)
+
+    def __str__(self) -> str:
+        if self.kind is OwnerKind.PAGE_CACHE and self.mapping_id is not None:
+            return f"page_cache({self.mapping_id!r}, {self.index})"
+        return self.kind.value
+
+
+Owner.FREE = Owner(OwnerKind.FREE)
+Owner.PAGE_CACHE = Owner(OwnerKind.PAGE_CACHE)
+Owner.BOUNCE = Owner(OwnerKind.BOUNCE)
+Owner.DECOMPRESS = Owner(OwnerKind.DECOMPRESS)
+Owner.VMAP = Owner.DECOMPRESS
+Owner.PERCPU = Owner(OwnerKind.PERCPU)
+Owner.OTHER = Owner(OwnerKind.OTHER)
+
+
+class Page:
+    """Metadata of one page frame (``struct page``); read it, let the arena change it.
+
+    ``refcount`` is meaningful on heads (and order-0 pages); tail pages keep 0
+    and send references to ``head``.  ``mapcount`` counts live vmaps covering
+    this frame.  ``order`` is the folio's order (the free block's order on the
+    first frame of a free block).
+    """
+
+    __slots__ = ("_arena", "_order", "flags", "head", "mapcount", "owner", "pfn", "refcount")
+
+    def __init__(self, arena: Arena, pfn: Pfn) -> None:
+        self._arena = arena
+        self.pfn: Final = pfn
+        self.refcount = 0
+        self.mapcount = 0
+        self.flags = PageFlags.PG_free
+        self._order = 0
+        self.head: Page = self
+        self.owner: Owner = Owner.FREE
+
+    @property
+    def arena(self) -> Arena:
+        """The arena this frame belongs to."""
+        return self._arena
+
+    @property
+    def order(self) -> int:
+        """Order of the folio this page is part of (of the free block, if free)."""
+        return self.head._order
+
+    @property
+    def nr_pages(self) -> int:
+        """Frames in this page's folio (1 for an order-0 page)."""
+        return 1 << self.head._order
+
+    @property
+    def is_free(self) -> bool:
+        return bool(self.flags & PG_free)
+
+    @property
+    def is_head(self) -> bool:
+        return bool(self.flags & PG_head)
+
+    @property
+    def is_tail(self) -> bool:
+        return bool(self.flags & PG_tail)
+
+    @property
+    def is_locked(self) -> bool:
+        return bool(self.head.flags & PG_locked)
+
+    @property
+    def is_uptodate(self) -> bool:
+        return bool(self.head.flags & PG_uptodate)
+
+    @property
+    def is_dirty(self) -> bool:
+        return bool(self.head.flags & PG_dirty)
+
+    def lock(self) -> None:
+        """Take the folio lock, waiting for another thread to drop it (``lock_page``)."""
+        self._arena.lock_page(self)
+
+    def trylock(self) -> bool:
+        """Take the folio lock if it is free; True if taken (``trylock_page``)."""
+        return self._arena.trylock_page(self)
+
+    def unlock(self) -> None:
+        """Drop the folio lock and wake waiters (``unlock_page``)."""
+        self._arena.unlock_page(self)
+
+    def wait_unlocked(self) -> None:
+        """Wait until nobody holds the folio lock (``wait_on_page_locked``)."""
+        self._arena.wait_on_page_locked(self)
+
+    def set_uptodate(self) -> None:
+        """Mark the folio's contents valid (``SetPageUptodate``)."""
+        self._arena.set_page_flags(self, PG_uptodate)
+
+    def clear_uptodate(self) -> None:
+        self._arena.clear_page_flags(self, PG_uptodate)
+
+    def set_dirty(self) -> None:
+        """Mark the folio dirty: the page cache will not evict it (``set_page_dirty``)."""
+        self._arena.set_page_flags(self, PG_dirty)
+
+    def clear_dirty(self) -> None:
+        self._arena.clear_page_flags(self, PG_dirty)
+
+    def __repr__(self) -> str:
+        kind = "tail" if self.is_tail else "free" if self.is_free else "page"
+        extra = f" head={self.head.pfn}" if self.is_tail else f" ref={self.refcount}"
+        return f"<Page pfn={self.pfn} {kind} order={self.order}{extra} owner={self.owner}>"
