@@ -260,16 +260,25 @@ class Arena:
             return head
 
     def _alloc_slowpath(self, order: int) -> int | None:
-        for shrink in list(self._shrinkers):
-            if shrink(1 << order) > 0:
-                pfn = self._buddy.alloc(order)
-                if pfn is not None:
-                    return pfn
+        # Reclaim and retry while reclaim makes progress: frames freed one by
+        # one need not form a block of the order wanted at the first round.
+        progress = True
+        while progress:
+            progress = False
+            for shrink in list(self._shrinkers):
+                if shrink(1 << order) > 0:
+                    progress = True
+                    pfn = self._buddy.alloc(order)
+                    if pfn is not None:
+                        return pfn
         return None
 
     def _prep_new_folio(self, pfn: int, order: int, owner: Owner) -> Page:
         nr = 1 << order
         head = self._pages[pfn]
+        # The buddy allocator split a larger block: mark the halves it gave back.
+        for k in range(order, head._order):
+            self._pages[pfn + (1 << k)]._order = k
         frames = self._pages[pfn : pfn + nr]
         for p in frames:
             assert p.flags == PG_free and p.refcount == 0 and p.mapcount == 0, p
@@ -640,6 +649,60 @@ class Arena:
                 for p in m.pages:
                     self._put(p.head)
             self._notify()
+
+    def check_invariants(self) -> None:
+        """Walk every frame and check the metadata against the buddy allocator.
+
+        Free blocks tile exactly the frames marked free; folios are aligned,
+        tails point at their head with refcount 0, heads hold a reference;
+        owner counts and vmap counts agree.  Raises :class:`MmshimError`
+        naming the first frame that is wrong.  Meant for tests and debugging.
+        """
+
+        def bad(pfn: int, why: str) -> MmshimError:
+            return MmshimError(f"arena invariant broken at pfn {pfn}: {why}")
+
+        with self._lock:
+            free_blocks = set(self._buddy.free_blocks())
+            owners = dict.fromkeys(OwnerKind, 0)
+            mapped = collections.Counter(p.pfn for m in self._mappings.values() for p in m.pages)
+            pfn = 0
+            while pfn < self.nr_pages:
+                head = self._pages[pfn]
+                order = head._order
+                nr = 1 << order
+                if pfn % nr or pfn + nr > self.nr_pages:
+                    raise bad(pfn, f"order-{order} block is not an aligned block of the arena")
+                frames = self._pages[pfn : pfn + nr]
+                if head.flags & PG_free:
+                    if (pfn, order) not in free_blocks:
+                        raise bad(pfn, f"marked free (order {order}) but not on a free list")
+                    free_blocks.discard((pfn, order))
+                    for p in frames:
+                        if p.flags != PG_free or p.refcount or p.mapcount or p.head is not p:
+                            raise bad(p.pfn, f"inside a free block but {p!r}")
+                        if p is not head and p._order:
+                            raise bad(p.pfn, "non-first frame of a free block carries an order")
+                else:
+                    if head.flags & PG_tail or head.refcount <= 0 or head.head is not head:
+                        raise bad(pfn, f"folio head in a bad state: {head!r}")
+                    if bool(head.flags & PG_head) != bool(order):
+                        raise bad(pfn, f"PG_head {'missing' if order else 'set'} at order {order}")
+                    for p in frames[1:]:
+                        if p.flags != PG_tail or p.refcount or p.head is not head or p._order:
+                            raise bad(p.pfn, f"tail of the folio at pfn {pfn} but {p!r}")
+                    for p in frames:
+                        if p.owner != head.owner:
+                            raise bad(p.pfn, f"owner {p.owner} differs from its head's")
+                for p in frames:
+                    if p.mapcount != mapped[p.pfn]:
+                        raise bad(p.pfn, f"mapcount {p.mapcount}, live vmaps {mapped[p.pfn]}")
+                owners[head.owner.kind] += nr
+                pfn += nr
+            if free_blocks:
+                raise bad(min(free_blocks)[0], "on a free list but not marked free")
+            if owners != self._owner_frames:
+                raise bad(0, f"owner counts {owners} differ from the kept {self._owner_frames}")
 
     # -- the end ---------------------------------------------------------------
 

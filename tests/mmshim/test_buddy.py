@@ -1,0 +1,182 @@
+"""The buddy allocator: random alloc/free never overlap, stay inside, and coalesce."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmshim import MAX_ORDER, PAGE_SIZE, AllocError, Arena, BadPageStateError, Page
+from mmshim._buddy import BuddyAllocator
+
+from .conftest import MakeArena
+
+# An op is ("alloc", order) or ("free", k): free the k-th live folio (mod count).
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("alloc"), st.integers(0, 5)),
+        st.tuples(st.just("free"), st.integers(0, 1000)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(nr_frames=st.sampled_from([16, 64, 100, 128]), script=ops)
+def test_random_alloc_free_never_overlap_and_coalesce(nr_frames: int, script: list[tuple[str, int]]) -> None:
+    arena = Arena(nr_frames * PAGE_SIZE, "mmu")
+    initial_blocks = arena._buddy.free_blocks()
+    live: list[Page] = []
+    owned: dict[int, Page] = {}  # pfn -> head holding it
+    try:
+        for op, arg in script:
+            if op == "alloc":
+                try:
+                    head = arena.alloc_pages(arg)
+                except AllocError:
+                    assert arena.stats.largest_free_order < arg
+                    continue
+                assert head.pfn % (1 << arg) == 0, "buddy blocks are naturally aligned"
+                assert head.pfn + (1 << arg) <= nr_frames, "never beyond the arena"
+                for pfn in range(head.pfn, head.pfn + (1 << arg)):
+                    assert pfn not in owned, f"pfn {pfn} handed out twice"
+                    owned[pfn] = head
+                live.append(head)
+            elif live:
+                head = live.pop(arg % len(live))
+                for pfn in range(head.pfn, head.pfn + head.nr_pages):
+                    del owned[pfn]
+                arena.free_pages(head)
+            stats = arena.stats
+            assert stats.frames_used == len(owned)
+            assert stats.frames_free + stats.frames_used == nr_frames
+            assert stats.frames_peak >= stats.frames_used
+            arena.check_invariants()
+        for head in live:
+            arena.free_pages(head)
+        assert arena._buddy.free_blocks() == initial_blocks
+        assert arena.stats.frames_free == nr_frames
+    finally:
+        arena.close()
+
+
+def test_all_freed_power_of_two_arena_is_one_block(make_arena: MakeArena) -> None:
+    arena = make_arena(64)
+    pages = [arena.alloc_pages(0) for _ in range(64)]
+    assert arena.stats.frames_free == 0 and arena.stats.largest_free_order == -1
+    for p in pages[::2] + pages[1::2]:  # worst order for merging
+        arena.free_pages(p)
+    assert arena._buddy.free_blocks() == [(0, 6)]
+    assert arena.stats.largest_free_order == 6
+    assert arena.page(0).order == 6 and arena.page(0).is_free
+
+
+def test_lowest_address_first_and_splitting(make_arena: MakeArena) -> None:
+    arena = make_arena(16)
+    a = arena.alloc_pages(0)
+    b = arena.alloc_pages(1)
+    c = arena.alloc_pages(0)
+    assert (a.pfn, b.pfn, c.pfn) == (0, 2, 1)
+    assert arena.stats.free_blocks_by_order[:4] == (0, 0, 1, 1)  # [4..8) and [8..16)
+    for p in (a, b, c):
+        arena.free_pages(p)
+
+
+def test_arena_larger_than_max_order_is_tiled_and_still_allocates(make_arena: MakeArena) -> None:
+    nr = (1 << MAX_ORDER) * 2 + 3
+    arena = make_arena(nr)
+    assert arena.stats.largest_free_order == MAX_ORDER
+    big = arena.alloc_pages(MAX_ORDER)
+    with pytest.raises(AllocError):
+        arena.alloc_pages(MAX_ORDER + 1)
+    arena.free_pages(big)
+    assert arena._buddy.free_blocks() == [(0, MAX_ORDER), (1024, MAX_ORDER), (2048, 1), (2050, 0)]
+
+
+def test_failure_is_memoryerror_and_counted(make_arena: MakeArena) -> None:
+    arena = make_arena(8)
+    held = arena.alloc_pages(3)
+    with pytest.raises(MemoryError) as info:
+        arena.alloc_pages(0)
+    assert isinstance(info.value, AllocError) and info.value.errno == 12
+    s = arena.stats
+    assert (s.alloc_failures, s.alloc_calls, s.largest_alloc_order) == (1, 2, 3)
+    arena.free_pages(held)
+
+
+def test_double_free_and_wrong_order_raise_without_damage(make_arena: MakeArena) -> None:
+    arena = make_arena(8)
+    p = arena.alloc_pages(1)
+    with pytest.raises(BadPageStateError, match="order"):
+        arena.free_pages(p, order=0)
+    arena.free_pages(p, order=1)
+    with pytest.raises(BadPageStateError, match="double free"):
+        arena.free_pages(p)
+    with pytest.raises(BadPageStateError):
+        arena.put_page(p)
+    with pytest.raises(BadPageStateError):
+        arena.get_page(p)
+    arena.check_invariants()
+    assert arena.stats.frames_free == 8
+
+
+def test_refcount_keeps_folio_until_last_put(make_arena: MakeArena) -> None:
+    arena = make_arena(8)
+    p = arena.alloc_pages(0)
+    arena.get_page(p)
+    arena.free_pages(p)  # drops the allocation's reference only
+    assert not p.is_free and p.refcount == 1
+    arena.put_page(p)
+    assert p.is_free
+
+
+def test_peak_and_reset(make_arena: MakeArena) -> None:
+    arena = make_arena(32)
+    a = arena.alloc_pages(3)
+    b = arena.alloc_pages(2)
+    arena.free_pages(a)
+    assert arena.stats.frames_peak == 12
+    arena.reset_peak()
+    assert arena.stats.frames_peak == 4
+    arena.free_pages(b)
+
+
+def test_owner_accounting(make_arena: MakeArena) -> None:
+    from mmshim import Owner
+
+    arena = make_arena(32)
+    d = arena.alloc_pages(2, Owner.DECOMPRESS)
+    c = arena.alloc_pages(0, Owner.PERCPU)
+    by = arena.stats.frames_by_owner
+    assert by == {
+        "free": 27, "page_cache": 0, "bounce": 0, "decompress": 4, "percpu": 1, "other": 0,
+    }
+    assert arena.page(d.pfn + 3).owner is Owner.DECOMPRESS
+    arena.free_pages(d)
+    arena.free_pages(c)
+    assert arena.stats.frames_by_owner["free"] == 32
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        Arena(4095)
+    with pytest.raises(ValueError):
+        Arena(4096, "mmu-ish")
+    with pytest.raises(ValueError):
+        Arena(4096, tail_pages="maybe")
+    with pytest.raises(ValueError):
+        BuddyAllocator(0, 3)
+
+
+def test_two_arenas_do_not_interfere(make_arena: MakeArena) -> None:
+    a, b = make_arena(4), make_arena(4)
+    pa = a.alloc_pages(2)
+    pb = b.alloc_pages(0)
+    a.page_view(pa)[:2] = b"aa"
+    b.page_view(pb)[:2] = b"bb"
+    assert bytes(a.page_view(pa)[:2]) == b"aa" and bytes(b.page_view(pb)[:2]) == b"bb"
+    with pytest.raises(ValueError, match="another arena"):
+        b.free_pages(pa)
+    assert a.stats.frames_free == 0 and b.stats.frames_free == 3
+    a.free_pages(pa)
+    b.free_pages(pb)
