@@ -95,22 +95,33 @@ class PageCache:
         """The page at ``index``, creating it on a miss; the caller gets a reference.
 
         A new page is order-0, locked and not uptodate: the caller fills it,
-        calls ``page.set_uptodate()`` and ``page.unlock()``.  Raises
-        :class:`~mmshim.AllocError` when the arena has no frame even after
-        eviction.
+        calls ``page.set_uptodate()`` and ``page.unlock()``.  A page found is
+        returned as it is (possibly still locked by the thread reading it
+        in); threads that need to know whether they created the page use
+        :meth:`get_or_create`.  Raises :class:`~mmshim.AllocError` when the
+        arena has no frame even after eviction.
+        """
+        return self.get_or_create(mapping_id, index)[0]
+
+    def get_or_create(self, mapping_id: Hashable, index: int) -> tuple[Page, bool]:
+        """Like :meth:`find_or_create`, also saying whether this call created the page.
+
+        The creator holds the new page's lock and must fill it and unlock it;
+        anyone else waits with ``page.wait_unlocked()`` and then checks
+        ``page.is_uptodate`` (false if the reader failed).
         """
         with self._lock:
             self._check_open()
             key = (mapping_id, index)
             page = self._lookup(key)
             if page is not None:
-                return page
+                return page, False
             page = self.arena.alloc_pages(0, Owner.page_cache(mapping_id, index))
             page.flags |= PG_locked | PG_lru
             self._pages[key] = page
             self._lru[page.pfn] = _Entry(mapping_id, index, page)
             self.arena.get_page(page)
-            return page
+            return page, True
 
     def add_folio(self, mapping_id: Hashable, index: int, head: Page) -> None:
         """Insert a folio covering ``index .. index + 2**order - 1`` (the cache takes a reference).

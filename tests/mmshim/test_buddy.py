@@ -23,7 +23,9 @@ ops = st.lists(
 
 @settings(max_examples=60, deadline=None)
 @given(nr_frames=st.sampled_from([16, 64, 100, 128]), script=ops)
-def test_random_alloc_free_never_overlap_and_coalesce(nr_frames: int, script: list[tuple[str, int]]) -> None:
+def test_random_alloc_free_never_overlap_and_coalesce(
+    nr_frames: int, script: list[tuple[str, int]]
+) -> None:
     arena = Arena(nr_frames * PAGE_SIZE, "mmu")
     initial_blocks = arena._buddy.free_blocks()
     live: list[Page] = []
@@ -149,7 +151,12 @@ def test_owner_accounting(make_arena: MakeArena) -> None:
     c = arena.alloc_pages(0, Owner.PERCPU)
     by = arena.stats.frames_by_owner
     assert by == {
-        "free": 27, "page_cache": 0, "bounce": 0, "decompress": 4, "percpu": 1, "other": 0,
+        "free": 27,
+        "page_cache": 0,
+        "bounce": 0,
+        "decompress": 4,
+        "percpu": 1,
+        "other": 0,
     }
     assert arena.page(d.pfn + 3).owner is Owner.DECOMPRESS
     arena.free_pages(d)

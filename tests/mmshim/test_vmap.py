@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -96,7 +98,7 @@ def test_nommu_contig_fails_exactly_on_non_contiguous(order: list[int]) -> None:
     try:
         pages = [arena.alloc_pages(0) for _ in range(12)]
         chosen = [pages[i] for i in order]
-        contiguous = all(b == a + 1 for a, b in zip(order, order[1:], strict=False))
+        contiguous = all(b == a + 1 for a, b in itertools.pairwise(order))
         if contiguous:
             with arena.vmap(chosen) as m:
                 assert m.kind is MappingKind.DIRECT
