@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NewType
 
-from fusefs.errors import CorruptImageError, InvalidArgumentError, UnsupportedFeatureError
+from fusefs.errors import CorruptImageError, FsError, InvalidArgumentError, UnsupportedFeatureError
 
 Ino = NewType("Ino", int)
 
@@ -52,13 +52,18 @@ class MemoryConfig:
 
     def __post_init__(self) -> None:
         if self.mm not in MM_MODES:
-            raise InvalidArgumentError(f"unknown --mm mode {self.mm!r} (one of {', '.join(MM_MODES)})")
+            raise InvalidArgumentError(
+                f"unknown --mm mode {self.mm!r} (one of {', '.join(MM_MODES)})"
+            )
         if self.decompress not in STRATEGIES:
             raise InvalidArgumentError(
-                f"unknown --decompress strategy {self.decompress!r} (one of {', '.join(STRATEGIES)})"
+                f"unknown --decompress strategy {self.decompress!r}"
+                f" (one of {', '.join(STRATEGIES)})"
             )
         if self.arena_bytes <= 0 or self.arena_bytes % PAGE_SIZE:
-            raise InvalidArgumentError(f"--arena {self.arena_bytes} is not a positive multiple of 4096")
+            raise InvalidArgumentError(
+                f"--arena {self.arena_bytes} is not a positive multiple of 4096"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +133,9 @@ class ImageBytes:
                 raise InvalidArgumentError(f"{self.path}: not a regular file or block device")
             total = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
             if offset < 0 or offset > total:
-                raise InvalidArgumentError(f"{self.path}: --offset {offset} is beyond the end ({total} bytes)")
+                raise InvalidArgumentError(
+                    f"{self.path}: --offset {offset} is beyond the end ({total} bytes)"
+                )
             self.size = total - offset
             self._mmap: mmap.mmap | None = (
                 mmap.mmap(fd, total, prot=mmap.PROT_READ) if total else None
@@ -150,7 +157,9 @@ class ImageBytes:
                 nid=nid,
             )
 
-    def slice(self, offset: int, length: int, *, structure: str, nid: int | None = None) -> memoryview:
+    def slice(
+        self, offset: int, length: int, *, structure: str, nid: int | None = None
+    ) -> memoryview:
         """A bounds-checked read-only view of the image."""
         self.check(offset, length, structure=structure, nid=nid)
         return self.view[offset : offset + length]
@@ -206,7 +215,8 @@ class Filesystem(abc.ABC):
 
     @abc.abstractmethod
     def getxattr(self, ino: Ino, name: bytes) -> bytes:
-        """The value of xattr ``name`` (full name, e.g. ``b"user.foo"``); NoAttributeError if absent."""
+        """The value of xattr ``name`` (full name, e.g. ``b"user.foo"``);
+        NoAttributeError if absent."""
 
     @abc.abstractmethod
     def statfs(self) -> FsStat: ...
@@ -272,7 +282,9 @@ def open_image(
         for _name, probe, opener in FORMATS.probes:
             if probe(image):
                 return opener(image, memory or MemoryConfig())
-        raise UnsupportedFeatureError(f"{image.path}: not an EROFS or cramfs image (no known magic)")
+        raise UnsupportedFeatureError(
+            f"{image.path}: not an EROFS or cramfs image (no known magic)"
+        )
     except BaseException:
         image.close()
         raise
@@ -315,3 +327,110 @@ def resolve(fs: Filesystem, path: str | bytes, *, follow_last: bool = False) -> 
         ino = child
         i += 1
     return ino
+
+
+# -- a generic tree walk (extract, fsck, ls -R) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WalkItem:
+    """One inode reached by :func:`walk`: its path relative to the start
+    (``b""`` for the start itself), its attributes and its parent's Ino."""
+
+    path: bytes
+    ino: Ino
+    attr: Attr
+    parent: Ino
+    entry_type: int  # the S_IFMT bits the parent's dirent claims (== attr's for the start)
+
+
+def check_name(name: bytes) -> str | None:
+    """Why ``name`` cannot be a directory entry, or None when it is fine."""
+    if not name:
+        return "empty name"
+    if b"/" in name:
+        return "name contains '/'"
+    if b"\0" in name:
+        return "name contains NUL"
+    if name in (b".", b".."):
+        return f"extra entry named {name.decode()!r}"
+    if len(name) > 255:
+        return f"name of {len(name)} bytes (more than 255)"
+    return None
+
+
+def walk(
+    fs: Filesystem,
+    start: Ino | None = None,
+    *,
+    on_error: Callable[[bytes, FsError], None] | None = None,
+) -> Iterator[WalkItem]:
+    """Every inode under ``start`` (default: the root), parents before
+    children, entries in on-disk order; each directory's ``.`` and ``..`` are
+    skipped (the first of each; any other entry so named is reported as bad).
+
+    Errors are passed to ``on_error(path, error)`` and the walk goes on with
+    the next entry; without ``on_error`` the first one is raised.  A directory
+    reached twice (a loop, or a directory hard link) is reported as
+    CorruptImageError and not entered again.
+    """
+    def fail(path: bytes, err: FsError) -> None:
+        if on_error is None:
+            raise err
+        on_error(path, err)
+
+    top = fs.root if start is None else start
+    try:
+        top_attr = fs.getattr(top)
+    except FsError as e:
+        fail(b"", e)
+        return
+    yield WalkItem(b"", top, top_attr, top, stat.S_IFMT(top_attr.mode))
+    if not top_attr.is_dir:
+        return
+    entered: set[int] = {top}
+    stack: list[tuple[bytes, Ino]] = [(b"", top)]
+    while stack:
+        dpath, dino = stack.pop()
+        children: list[tuple[bytes, Ino]] = []
+        seen_dot = seen_dotdot = False
+        try:
+            for ent in fs.readdir(dino):
+                if ent.name == b"." and not seen_dot:
+                    seen_dot = True
+                    continue
+                if ent.name == b".." and not seen_dotdot:
+                    seen_dotdot = True
+                    continue
+                path = dpath + b"/" + ent.name if dpath else ent.name
+                why = check_name(ent.name)
+                if why is not None:
+                    fail(path, CorruptImageError(f"{_show(path)}: {why}", structure="dirent"))
+                    continue
+                try:
+                    attr = fs.getattr(ent.ino)
+                except FsError as e:
+                    fail(path, e)
+                    continue
+                yield WalkItem(path, ent.ino, attr, dino, ent.type)
+                if attr.is_dir:
+                    if ent.ino in entered:
+                        fail(
+                            path,
+                            CorruptImageError(
+                                f"{_show(path)}: directory reached twice"
+                                " (loop or directory hard link)",
+                                structure="dirent",
+                            ),
+                        )
+                        continue
+                    entered.add(ent.ino)
+                    children.append((path, ent.ino))
+        except FsError as e:
+            fail(dpath, e)
+        # depth first, entries in order: push in reverse
+        stack.extend(reversed(children))
+
+
+def _show(path: bytes) -> str:
+    return "/" + path.decode(errors="backslashreplace")
