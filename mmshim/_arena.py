@@ -514,6 +514,7 @@ class Arena:
                 raise VmapError(
                     f"vmap of {len(pages)} scattered pages (pfn {pages[0].pfn}, ...) "
                     "without an MMU: only physically contiguous pages can be mapped",
+                    reason="not-contiguous",
                     order=0,
                     frames_free=self._buddy.nr_free,
                 )
@@ -551,6 +552,7 @@ class Arena:
                 f"vmap of {nr} scattered pages: no contiguous order-{order} bounce buffer "
                 f"({e.frames_free} frames free, largest free order "
                 f"{self._buddy.largest_free_order()})",
+                reason="no-bounce-buffer",
                 order=order,
                 frames_free=e.frames_free,
             ) from e

@@ -31,9 +31,14 @@ class AllocError(MmshimError, MemoryError):
 class VmapError(AllocError):
     """vmap() could not produce a virtually contiguous view (ENOMEM).
 
-    Under ``nommu-contig`` the pages were not physically contiguous; under
-    ``nommu-bounce`` the contiguous bounce buffer could not be allocated.
+    ``reason`` is ``"not-contiguous"`` under ``nommu-contig`` (the pages were
+    not physically contiguous) or ``"no-bounce-buffer"`` under
+    ``nommu-bounce`` (no contiguous block for the bounce buffer).
     """
+
+    def __init__(self, message: str, *, reason: str, order: int, frames_free: int) -> None:
+        super().__init__(message, order=order, frames_free=frames_free)
+        self.reason = reason
 
 
 class BadPageStateError(MmshimError):
