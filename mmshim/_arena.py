@@ -187,7 +187,11 @@ class Arena:
             self._shrinkers.remove(fn)
 
     def add_observer(self, fn: Observer) -> None:
-        """Call ``fn(arena)`` after every alloc, free, vmap and vunmap (under the lock)."""
+        """Call ``fn(arena)`` after every alloc, free, vmap and vunmap.
+
+        It runs under the arena's lock, after the change: it may read
+        ``arena.stats``; it must not raise (the change is already made).
+        """
         with self._lock:
             self._observers.append(fn)
 
@@ -238,19 +242,21 @@ class Arena:
         registered shrinker is asked in turn; if that does not help,
         :class:`AllocError` (a :class:`MemoryError`) is raised.
         """
+        if order < 0:
+            raise ValueError(f"alloc_pages(order={order})")
         with self._lock:
             self._check_open()
             self._alloc_calls += 1
             self._largest_alloc_order = max(self._largest_alloc_order, order)
-            pfn = self._buddy.alloc(order) if 0 <= order <= MAX_ORDER else None
-            if pfn is None and 0 <= order <= MAX_ORDER:
+            pfn = self._buddy.alloc(order) if order <= MAX_ORDER else None
+            if pfn is None and order <= MAX_ORDER:
                 pfn = self._alloc_slowpath(order)
             if pfn is None:
                 self._alloc_failures += 1
                 free = self._buddy.nr_free
                 raise AllocError(
                     f"alloc_pages(order={order}) for {owner}: no free block of "
-                    f"{1 << order if order >= 0 else 0} frames ({free} frames free, "
+                    f"{1 << order} frames ({free} frames free, "
                     f"largest free order {self._buddy.largest_free_order()})",
                     order=order,
                     frames_free=free,
@@ -373,6 +379,37 @@ class Arena:
             if self._put(page):
                 self._notify()
 
+    def alloc_pages_exact(self, nr_pages: int, owner: Owner = Owner.OTHER) -> list[Page]:
+        """Allocate ``nr_pages`` physically contiguous order-0 pages (``alloc_pages_exact``).
+
+        Takes a block of the next power of two, splits it into order-0 pages
+        (``split_page``) with a reference each, and frees the excess frames,
+        so a 5-page buffer costs 5 frames once allocated, though finding it
+        needs a free block of 8.  Free each page, or use
+        :meth:`free_pages_exact`.
+        """
+        if nr_pages <= 0:
+            raise ValueError(f"alloc_pages_exact of {nr_pages} pages")
+        with self._lock:
+            head = self.alloc_pages((nr_pages - 1).bit_length(), owner)
+            frames = self._pages[head.pfn : head.pfn + head.nr_pages]
+            for p in frames:
+                p.flags = PageFlags(0)
+                p.refcount = 1
+                p._order = 0
+                p.head = p
+            for p in frames[nr_pages:]:
+                self._put(p)
+            if len(frames) > nr_pages:
+                self._notify()
+            return frames[:nr_pages]
+
+    def free_pages_exact(self, pages: Iterable[Page]) -> None:
+        """Free pages from :meth:`alloc_pages_exact` (each with :meth:`free_pages`)."""
+        with self._lock:
+            for p in pages:
+                self.free_pages(p, 0)
+
     def get_page(self, page: Page) -> None:
         """Take a reference; on a tail page it is a reference on its folio's head."""
         with self._lock:
@@ -451,6 +488,21 @@ class Arena:
 
     kmap_local = page_view
 
+    def contig_view(self, pages: Sequence[Page]) -> memoryview:
+        """A writable view of physically contiguous pages (the first page's address, long).
+
+        What nommu code may do with memory from :meth:`alloc_pages_exact` or
+        a folio; raises ``ValueError`` if the pages are not consecutive frames.
+        """
+        with self._lock:
+            self._check_open()
+            if not is_contiguous(pages) or pages[0].arena is not self:
+                raise ValueError("contig_view of pages that are not consecutive frames")
+            for p in pages:
+                self._live_head(p, "contig_view")
+            start = pages[0].pfn * PAGE_SIZE
+            return self._buf[start : start + len(pages) * PAGE_SIZE]
+
     def folio_view(self, head: Page) -> memoryview:
         """A writable view of a whole folio, given its head (``folio_address``)."""
         with self._lock:
@@ -521,7 +573,11 @@ class Arena:
             else:
                 kind = MappingKind.BOUNCE
                 bounce, digests = self._bounce_in(pages)
-                mm = _vmap.map_direct(self._fd, bounce.pfn, len(pages))
+                try:
+                    mm = _vmap.map_direct(self._fd, bounce.pfn, len(pages))
+                except BaseException:
+                    self._put(bounce)
+                    raise
             for p in pages:
                 p.mapcount += 1
             m = Mapping(

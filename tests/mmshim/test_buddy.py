@@ -6,16 +6,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmshim import MAX_ORDER, PAGE_SIZE, AllocError, Arena, BadPageStateError, Page
+from mmshim import (
+    MAX_ORDER,
+    PAGE_SIZE,
+    AllocError,
+    Arena,
+    BadPageStateError,
+    Page,
+    TailPageError,
+)
 from mmshim._buddy import BuddyAllocator
 
 from .conftest import MakeArena
 
-# An op is ("alloc", order) or ("free", k): free the k-th live folio (mod count).
+# An op is (name, a, b): ("alloc", order, _); ("get"|"put"|"free_tail", k, sub):
+# on the k-th live folio (mod count), through its page ``sub`` (mod size),
+# which may be a tail page.
 ops = st.lists(
-    st.one_of(
-        st.tuples(st.just("alloc"), st.integers(0, 5)),
-        st.tuples(st.just("free"), st.integers(0, 1000)),
+    st.tuples(
+        st.sampled_from(["alloc", "alloc", "get", "put", "put", "free_tail"]),
+        st.integers(0, 1000),
+        st.integers(0, 1000),
     ),
     max_size=60,
 )
@@ -24,38 +35,63 @@ ops = st.lists(
 @settings(max_examples=60, deadline=None)
 @given(nr_frames=st.sampled_from([16, 64, 100, 128]), script=ops)
 def test_random_alloc_free_never_overlap_and_coalesce(
-    nr_frames: int, script: list[tuple[str, int]]
+    nr_frames: int, script: list[tuple[str, int, int]]
 ) -> None:
     arena = Arena(nr_frames * PAGE_SIZE, "mmu")
     initial_blocks = arena._buddy.free_blocks()
     live: list[Page] = []
+    refs: dict[int, int] = {}  # head pfn -> references the model expects
     owned: dict[int, Page] = {}  # pfn -> head holding it
     try:
-        for op, arg in script:
+        for op, a, b in script:
             if op == "alloc":
+                order = a % 6
                 try:
-                    head = arena.alloc_pages(arg)
+                    head = arena.alloc_pages(order)
                 except AllocError:
-                    assert arena.stats.largest_free_order < arg
+                    assert arena.stats.largest_free_order < order
                     continue
-                assert head.pfn % (1 << arg) == 0, "buddy blocks are naturally aligned"
-                assert head.pfn + (1 << arg) <= nr_frames, "never beyond the arena"
-                for pfn in range(head.pfn, head.pfn + (1 << arg)):
+                assert head.pfn % (1 << order) == 0, "buddy blocks are naturally aligned"
+                assert head.pfn + (1 << order) <= nr_frames, "never beyond the arena"
+                for pfn in range(head.pfn, head.pfn + (1 << order)):
                     assert pfn not in owned, f"pfn {pfn} handed out twice"
                     owned[pfn] = head
                 live.append(head)
+                refs[head.pfn] = 1
             elif live:
-                head = live.pop(arg % len(live))
-                for pfn in range(head.pfn, head.pfn + head.nr_pages):
-                    del owned[pfn]
-                arena.free_pages(head)
+                head = live[a % len(live)]
+                nr = head.nr_pages  # once free, the head carries its merged block's order
+                page = arena.page(head.pfn + b % nr)
+                if op == "get":
+                    arena.get_page(page)
+                    refs[head.pfn] += 1
+                elif op == "free_tail":
+                    if page.is_tail:
+                        with pytest.raises(TailPageError):
+                            arena.free_pages(page)
+                elif page is head:
+                    arena.free_pages(head)
+                    refs[head.pfn] -= 1
+                else:
+                    arena.put_page(page)  # a tail's reference is its head's
+                    refs[head.pfn] -= 1
+                assert head.refcount == refs[head.pfn] and page.refcount == (
+                    refs[head.pfn] if page is head else 0
+                )
+                if refs[head.pfn] == 0:
+                    assert head.is_free
+                    live.remove(head)
+                    del refs[head.pfn]
+                    for pfn in range(head.pfn, head.pfn + nr):
+                        del owned[pfn]
             stats = arena.stats
             assert stats.frames_used == len(owned)
             assert stats.frames_free + stats.frames_used == nr_frames
             assert stats.frames_peak >= stats.frames_used
             arena.check_invariants()
         for head in live:
-            arena.free_pages(head)
+            for _ in range(refs[head.pfn]):
+                arena.put_page(head)
         assert arena._buddy.free_blocks() == initial_blocks
         assert arena.stats.frames_free == nr_frames
     finally:
@@ -187,3 +223,29 @@ def test_two_arenas_do_not_interfere(make_arena: MakeArena) -> None:
     assert a.stats.frames_free == 0 and b.stats.frames_free == 3
     a.free_pages(pa)
     b.free_pages(pb)
+
+
+def test_alloc_pages_exact_splits_and_frees_the_excess(make_arena: MakeArena) -> None:
+    arena = make_arena(16, "nommu-contig")
+    pages = arena.alloc_pages_exact(5)
+    assert [p.pfn for p in pages] == [0, 1, 2, 3, 4]
+    assert all(p.refcount == 1 and p.order == 0 and not p.is_tail for p in pages)
+    s = arena.stats
+    assert (s.frames_used, s.largest_alloc_order) == (5, 3)
+    arena.contig_view(pages)[4 * PAGE_SIZE] = 9
+    assert arena.page_view(pages[4])[0] == 9
+    with pytest.raises(ValueError):
+        arena.contig_view([pages[0], pages[2]])
+    with arena.vmap(pages) as m:  # contiguous: fine even without an MMU
+        assert m.view[4 * PAGE_SIZE] == 9
+    arena.free_pages(pages[2])  # each page stands alone
+    arena.free_pages_exact(pages[:2] + pages[3:])
+    assert arena._buddy.free_blocks() == [(0, 4)]
+
+
+def test_negative_order_is_a_programming_error(make_arena: MakeArena) -> None:
+    arena = make_arena(4)
+    with pytest.raises(ValueError):
+        arena.alloc_pages(-1)
+    with pytest.raises(AllocError):
+        arena.alloc_pages(MAX_ORDER + 1)
