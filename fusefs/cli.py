@@ -12,13 +12,21 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Final, Protocol, cast
+from typing import Final, NoReturn, Protocol, cast
 
 from fusefs import __version__
 from fusefs.errors import FsError
 
 # Modules providing subcommands, in the order `nommufs -h` lists them.
-COMMANDS: Final[tuple[str, ...]] = ()
+COMMANDS: Final[tuple[str, ...]] = (
+    "fusefs.commands.mount",
+    "fusefs.commands.umount",
+    "fusefs.commands.ls",
+    "fusefs.commands.cat",
+    "fusefs.commands.extract",
+    "fusefs.commands.inspect",
+    "fusefs.commands.fsck",
+)
 
 
 class Command(Protocol):
@@ -30,8 +38,15 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``nommufs ls: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nommufs",
         description="Compressed read-only filesystems (EROFS, cramfs/XIP) for tiny Linux systems.",
     )

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import re
 
-from fusefs.vfs import DEFAULT_ARENA_BYTES, MM_MODES, STRATEGIES, MemoryConfig
+from fusefs.vfs import (
+    DEFAULT_ARENA_BYTES,
+    MM_MODES,
+    STRATEGIES,
+    Filesystem,
+    MemoryConfig,
+    open_image,
+)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB])?\s*$")
 
@@ -25,7 +32,10 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("simulated machine")
     g.add_argument("--mm", choices=MM_MODES, default="mmu", help="arena mode (default: mmu)")
     g.add_argument(
-        "--decompress", choices=STRATEGIES, default="vmap", help="decompression strategy (default: vmap)"
+        "--decompress",
+        choices=STRATEGIES,
+        default="vmap",
+        help="decompression strategy (default: vmap)",
     )
     g.add_argument(
         "--arena",
@@ -43,3 +53,28 @@ def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
         arena_bytes=args.arena,
         xip_read=getattr(args, "xip_read", "pagecache"),
     )
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """IMAGE, ``--offset`` and the simulated-machine options."""
+    parser.add_argument(
+        "image", metavar="IMAGE", help="EROFS or cramfs image (file or block device)"
+    )
+    parser.add_argument(
+        "--offset",
+        type=parse_size,
+        default=0,
+        metavar="BYTES",
+        help="where the filesystem starts inside IMAGE (default: 0)",
+    )
+    add_memory_arguments(parser)
+
+
+def open_from_args(args: argparse.Namespace) -> Filesystem:
+    """Open ``args.image`` as :func:`add_image_arguments` described it."""
+    return open_image(args.image, memory_from_args(args), offset=args.offset)
+
+
+def show_path(path: bytes) -> str:
+    """A path from an image for a message: ``/``-rooted, undecodable bytes escaped."""
+    return "/" + path.decode(errors="backslashreplace")

@@ -1,0 +1,291 @@
+"""The pyfuse3 request handlers: a thin layer over :class:`fusefs.vfs.Filesystem`.
+
+Identifier spaces.  A format names an inode by its *disk location* (an EROFS
+nid, a cramfs inode offset) and hands out an :data:`~fusefs.vfs.Ino` for it
+(see :mod:`fusefs.vfs`).  FUSE names inodes by a 64-bit "node id" whose root
+must be ``pyfuse3.ROOT_INODE`` (1).  The mapping here is the identity except
+for the root: ``fs.root`` <-> ``ROOT_INODE``; a format never hands out Ino 1
+for another inode, so the identity cannot collide.  Node ids are therefore
+stable for the life of the mount (the image is immutable), ``generation`` is
+always 0, and hard links share one node id.
+
+Lookup counts.  The kernel holds a reference per successful lookup (and per
+readdirplus entry other than ``.``/``..``) and returns them through
+``forget``.  The image needs no per-inode state, but the counts are kept so
+that a test (and ``-v`` logging) can see they balance.
+
+Threads.  Decompression (``read``) and directory listing run in worker
+threads (``trio.to_thread.run_sync`` under one CapacityLimiter) so that one
+slow request does not stall the others; metadata that is a bounded read of
+the mapped image stays on the event loop.  Every handler replies exactly
+once: an :class:`~fusefs.errors.FsError` becomes ``FUSEError(its errno)``,
+anything else is logged with its traceback and answered with EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import pyfuse3
+import trio
+
+from fusefs.errors import FsError
+from fusefs.vfs import Attr, DirEntry, Filesystem, Ino
+
+log = logging.getLogger("nommufs.fuse")
+
+T = TypeVar("T")
+
+# The image never changes under a mount: let the kernel cache everything.
+TIMEOUT = 86400.0
+READDIR_BATCH = 128
+
+
+class NommuOperations(pyfuse3.Operations):
+    """Serve one opened :class:`Filesystem` read-only."""
+
+    enable_writeback_cache = False
+    supports_dot_lookup = True
+
+    def __init__(self, fs: Filesystem, *, threads: int = 2) -> None:
+        super().__init__()
+        self.fs = fs
+        self.limiter = trio.CapacityLimiter(max(1, threads))
+        self.lookup_counts: dict[int, int] = {}
+        self.errors = 0  # unexpected exceptions answered with EIO
+
+    # -- identifier spaces ---------------------------------------------------
+
+    def _ino(self, node: int) -> Ino:
+        return self.fs.root if node == pyfuse3.ROOT_INODE else Ino(node)
+
+    def _node(self, ino: Ino) -> pyfuse3.InodeT:
+        return pyfuse3.ROOT_INODE if ino == self.fs.root else pyfuse3.InodeT(ino)
+
+    # -- error mapping -----------------------------------------------------------
+
+    def _fail(self, what: str, exc: BaseException) -> pyfuse3.FUSEError:
+        if isinstance(exc, FsError):
+            log.debug("%s: %s", what, exc)
+            return pyfuse3.FUSEError(exc.errno)
+        self.errors += 1
+        log.error("%s: unexpected %s", what, type(exc).__name__, exc_info=exc)
+        return pyfuse3.FUSEError(errno.EIO)
+
+    def _call(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return fn(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as e:
+            raise self._fail(what, e) from None
+
+    async def _in_thread(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as e:
+            raise self._fail(what, e) from None
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = self._node(attr.ino)
+        e.generation = 0
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = TIMEOUT
+        e.st_mode = pyfuse3.ModeT(attr.mode)
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = 4096
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = attr.mtime_ns
+        return e
+
+    # -- metadata ------------------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._ino(parent_inode)
+
+        def find() -> Attr | None:
+            try:
+                return self.fs.getattr(self.fs.lookup(parent, bytes(name)))
+            except FsError as e:
+                if e.errno == errno.ENOENT:
+                    return None
+                raise
+
+        attr = self._call(f"lookup {parent_inode}/{name!r}", find)
+        if attr is None:
+            # a negative entry, cached by the kernel for entry_timeout
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = pyfuse3.InodeT(0)
+            neg.entry_timeout = TIMEOUT
+            return neg
+        node = self._node(attr.ino)
+        self.lookup_counts[node] = self.lookup_counts.get(node, 0) + 1
+        return self._entry(attr)
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        for node, nlookup in inode_list:
+            left = self.lookup_counts.get(node, 0) - nlookup
+            if left > 0:
+                self.lookup_counts[node] = left
+            else:
+                if left < 0:
+                    log.warning("forget: node %d forgotten more often than looked up", node)
+                self.lookup_counts.pop(node, None)
+
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(self._call(f"getattr {inode}", self.fs.getattr, self._ino(inode)))
+
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        return self._call(f"readlink {inode}", self.fs.readlink, self._ino(inode))
+
+    async def access(
+        self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext
+    ) -> bool:
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True  # default_permissions: the kernel checks the mode bits
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = self._call("statfs", self.fs.statfs)
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = st.block_size
+        out.f_blocks = st.blocks
+        out.f_bfree = out.f_bavail = 0
+        out.f_files = st.files
+        out.f_ffree = out.f_favail = 0
+        out.f_namemax = st.name_max
+        return out
+
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        return self._call(f"getxattr {inode}", self.fs.getxattr, self._ino(inode), bytes(name))
+
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        names = self._call(f"listxattr {inode}", self.fs.listxattr, self._ino(inode))
+        return [pyfuse3.XAttrNameT(n) for n in names]
+
+    # -- directories -------------------------------------------------------------------
+
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        attr = self._call(f"opendir {inode}", self.fs.getattr, self._ino(inode))
+        if not attr.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return pyfuse3.FileHandleT(inode)
+
+    def _batch(self, ino: Ino, start: int) -> list[tuple[DirEntry, Attr]]:
+        out: list[tuple[DirEntry, Attr]] = []
+        for ent in self.fs.readdir(ino, start):
+            out.append((ent, self.fs.getattr(ent.ino)))
+            if len(out) >= READDIR_BATCH:
+                break
+        return out
+
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        ino = self._ino(fh)
+        pos = start_id
+        while True:
+            batch = await self._in_thread(f"readdir {fh}@{pos}", self._batch, ino, pos)
+            if not batch:
+                return
+            for ent, attr in batch:
+                if not pyfuse3.readdir_reply(token, ent.name, self._entry(attr), ent.offset):
+                    return
+                if ent.name not in (b".", b".."):
+                    node = self._node(attr.ino)
+                    self.lookup_counts[node] = self.lookup_counts.get(node, 0) + 1
+                pos = ent.offset
+            if len(batch) < READDIR_BATCH:
+                return
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    # -- files -----------------------------------------------------------------------
+
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        attr = self._call(f"open {inode}", self.fs.getattr, self._ino(inode))
+        if attr.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if not attr.is_reg:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        # the image is immutable: keep the page cache across opens
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True, direct_io=False)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        return await self._in_thread(
+            f"read {fh}@{off}+{size}", self.fs.read, self._ino(fh), off, size
+        )
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    # -- everything that would write ------------------------------------------------------
+
+    async def setattr(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setxattr(self, *args: object) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def removexattr(self, *args: object) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, *args: object) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, *args: object) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(self, *args: object) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def create(
+        self, *args: object
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def write(self, *args: object) -> int:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+
