@@ -258,3 +258,67 @@ def test_mapping_describes_itself(make_arena: MakeArena) -> None:
     assert "vmap remap of 2 pages [pfn 0,2]" in repr(m)
     arena.vunmap(m)
     free_all(arena, pages, gaps)
+
+
+# A write is (side, page, offset, value): side 0 writes through the view,
+# side 1 writes the frame itself (page_view), as another user of the page.
+writes = st.lists(
+    st.tuples(
+        st.integers(0, 1), st.integers(0, 5), st.integers(0, PAGE_SIZE - 1), st.integers(0, 255)
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mode=st.sampled_from(["mmu", "nommu-contig", "nommu-bounce"]),
+    spread=st.booleans(),
+    script=writes,
+)
+def test_writes_while_mapped_follow_the_mode(
+    mode: str, spread: bool, script: list[tuple[int, int, int, int]]
+) -> None:
+    """mmu and direct mappings share every write both ways at once; a bounce
+    mapping shares nothing until vunmap, which keeps the view's bytes and
+    counts each page whose direct write it overwrote."""
+    arena = Arena(32 * PAGE_SIZE, mode)
+    try:
+        allocated = [arena.alloc_pages(0) for _ in range(12)]
+        pages = allocated[::2] if spread else allocated[:6]
+        if mode == "nommu-contig" and spread:
+            with pytest.raises(VmapError):
+                arena.vmap(pages)
+            for p in allocated:
+                arena.free_pages(p)
+            return
+        for i, p in enumerate(pages):
+            arena.page_view(p)[:] = bytes([i]) * PAGE_SIZE
+        initial = [bytes(arena.page_view(p)) for p in pages]
+        shared = mode == "mmu" or not spread
+        view_model = [bytearray(b) for b in initial]
+        frame_model = view_model if shared else [bytearray(b) for b in initial]
+        with arena.vmap(pages) as m:
+            for side, page, off, value in script:
+                if side == 0:
+                    m.view[page * PAGE_SIZE + off] = value
+                    view_model[page][off] = value
+                else:
+                    arena.page_view(pages[page])[off] = value
+                    frame_model[page][off] = value
+                assert m.view[page * PAGE_SIZE + off] == view_model[page][off]
+                assert arena.page_view(pages[page])[off] == frame_model[page][off]
+            assert bytes(m.view) == b"".join(view_model)
+        lost = sum(
+            1
+            for page in range(6)
+            if frame_model[page] != initial[page] and frame_model[page] != view_model[page]
+        )
+        assert m.lost_writes == arena.stats.lost_writes == (0 if shared else lost)
+        for page, p in enumerate(pages):  # after vunmap the frames hold the view's bytes
+            assert bytes(arena.page_view(p)) == view_model[page]
+        assert arena.stats.bounce_bytes == (0 if shared else 2 * 6 * PAGE_SIZE)
+        for p in allocated:
+            arena.free_pages(p)
+    finally:
+        arena.close()
