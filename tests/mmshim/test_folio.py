@@ -7,7 +7,9 @@ import pytest
 from mmshim import (
     PAGE_SIZE,
     VM_MAP_PUT_PAGES,
+    Arena,
     BadPageStateError,
+    Page,
     PG_head,
     PG_tail,
     TailPageError,
@@ -50,10 +52,12 @@ def test_references_on_tail_pages_go_to_the_head(make_arena: MakeArena) -> None:
     arena.free_pages(head)
     assert not head.is_free
     arena.put_page(tail)  # the last reference: the whole folio goes
-    assert head.is_free and arena.stats.frames_free == 16
+    assert arena.page(head.pfn).is_free and arena.stats.frames_free == 16
 
 
-def make_folios_and_tail_list(make_arena: MakeArena, policy: str):  # type: ignore[no-untyped-def]
+def make_folios_and_tail_list(
+    make_arena: MakeArena, policy: str
+) -> tuple[Arena, Page, Page, list[Page]]:
     """Two order-2 folios; a page list of tail pages from both, one reference per entry."""
     arena = make_arena(32, "mmu", tail_pages=policy)
     f1 = arena.alloc_pages(2)
