@@ -94,7 +94,10 @@ class _Extractor:
         for key in self.fs.listxattr(ino):
             value = self.fs.getxattr(ino, key)
             try:
-                os.setxattr(target, key, value, follow_symlinks=False)
+                if isinstance(target, int):
+                    os.setxattr(target, key, value)
+                else:
+                    os.setxattr(target, key, value, follow_symlinks=False)
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                     raise

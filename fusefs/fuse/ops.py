@@ -124,7 +124,7 @@ class NommuOperations(pyfuse3.Operations):
                     return None
                 raise
 
-        attr = self._call(f"lookup {parent_inode}/{name!r}", find)
+        attr = self._call(f"lookup {parent_inode}/{bytes(name)[:64]!r}", find)
         if attr is None:
             # a negative entry, cached by the kernel for entry_timeout
             neg = pyfuse3.EntryAttributes()
