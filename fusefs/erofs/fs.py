@@ -1,0 +1,474 @@
+"""An EROFS image as a :class:`fusefs.vfs.Filesystem`.
+
+Identifier spaces.  An EROFS inode is found by its *nid*: the number of the
+32-byte slot where its core starts, counted from ``meta_blkaddr`` (byte
+``meta_blkaddr * block_size + 32 * nid``).  Nids appear in dirents (64 bits)
+and in the superblock (the root's).  Hard links are dirents with the same
+nid.  The :data:`~fusefs.vfs.Ino` this filesystem hands out is::
+
+    ino = nid + INO_BIAS        (INO_BIAS = 2)
+
+so it is stable for the life of the image, shared by hard links, never 0,
+and never 1: the FUSE adapter maps ``root`` (the root's nid + 2) to FUSE
+inode 1 and passes every other Ino through unchanged.  The on-disk
+``i_ino`` (mkfs numbers inodes 1..inos for old 32-bit stat) is shown by
+``describe_inode`` but not used as an identifier, as in the kernel.
+"""
+
+from __future__ import annotations
+
+import collections
+import stat
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from fusefs.erofs import format as f
+from fusefs.erofs.data import Extent, map_blocks
+from fusefs.erofs.dir import block_maxsize, dir_nblocks, iter_entries
+from fusefs.erofs.inode import ErofsInode, read_inode
+from fusefs.erofs.namei import find_entry
+from fusefs.erofs.super import ErofsSuper, read_super
+from fusefs.erofs.xattr import read_long_prefixes, read_xattrs
+from fusefs.erofs.zdata import PageReader
+from fusefs.erofs.zmap import ZMap
+from fusefs.errors import (
+    CorruptImageError,
+    FsError,
+    IsADirectoryFsError,
+    NoAttributeError,
+    NotADirectoryFsError,
+    NotASymlinkError,
+    NotFoundError,
+)
+from fusefs.vfs import (
+    Attr,
+    CacheCounters,
+    DirEntry,
+    Filesystem,
+    FsStat,
+    ImageBytes,
+    Ino,
+    MemoryConfig,
+)
+
+INO_BIAS: Final = 2
+INODE_CACHE_SIZE: Final = 8192
+DIRBLOCK_CACHE_SIZE: Final = 2048
+MAX_SYMLINK: Final = 65536
+_MAX_FRAGMENT_DEPTH: Final = 2
+
+
+class ErofsFilesystem(Filesystem):
+    """A read-only EROFS image: superblock checked at open, inodes and
+    directory blocks parsed lazily into bounded caches, file data read
+    through the page cache of an ``mmshim`` arena (see :mod:`fusefs.erofs.zdata`)."""
+
+    format_name = "erofs"
+
+    def __init__(self, image: ImageBytes, memory: MemoryConfig) -> None:
+        super().__init__(image, memory)
+        self.sbi: ErofsSuper = read_super(image)
+        self.inode_cache: collections.OrderedDict[int, tuple[ErofsInode, ZMap | None]] = (
+            collections.OrderedDict()
+        )
+        self.inode_counters = CacheCounters()
+        self.dir_cache: collections.OrderedDict[tuple[int, int], list[f.DirEntryRecord]] = (
+            collections.OrderedDict()
+        )
+        self.dir_counters = CacheCounters()
+        self._fragment_depth = 0
+        self.reader = PageReader(image, self.sbi, memory)
+        try:
+            self.reader.read_fragment = self._read_fragment
+            root = self._inode(self.sbi.root_nid)
+            if not root.is_dir:
+                raise CorruptImageError(
+                    f"root inode is not a directory (mode {root.mode:#o})",
+                    structure="erofs superblock",
+                    nid=root.nid,
+                )
+            self.prefixes = read_long_prefixes(image, self.sbi, self._read_fragment)
+        except BaseException:
+            self.reader.close()
+            raise
+
+    # -- identifiers and caches ----------------------------------------------------
+
+    @staticmethod
+    def nid_of(ino: Ino) -> int:
+        return int(ino) - INO_BIAS
+
+    @staticmethod
+    def ino_of(nid: int) -> Ino:
+        return Ino(nid + INO_BIAS)
+
+    @property
+    def root(self) -> Ino:
+        return self.ino_of(self.sbi.root_nid)
+
+    def _load(self, nid: int) -> tuple[ErofsInode, ZMap | None]:
+        with self.lock:
+            hit = self.inode_cache.get(nid)
+            if hit is not None:
+                self.inode_counters.hits += 1
+                self.inode_cache.move_to_end(nid)
+                return hit
+            self.inode_counters.misses += 1
+            inode = read_inode(self.image, self.sbi, nid)
+            zmap = ZMap(self.image, self.sbi, inode) if inode.is_compressed else None
+            self.inode_cache[nid] = (inode, zmap)
+            if len(self.inode_cache) > INODE_CACHE_SIZE:
+                self.inode_cache.popitem(last=False)
+            return inode, zmap
+
+    def _inode(self, nid: int) -> ErofsInode:
+        return self._load(nid)[0]
+
+    def inode(self, ino: Ino) -> ErofsInode:
+        """The decoded inode behind an Ino (NotFoundError for a bad Ino)."""
+        nid = self.nid_of(ino)
+        if nid < 0:
+            raise NotFoundError(f"erofs: no inode {int(ino)}")
+        return self._inode(nid)
+
+    # -- data --------------------------------------------------------------------
+
+    def _mapper(self, inode: ErofsInode) -> Callable[[int], Extent]:
+        return lambda la: map_blocks(self.image, self.sbi, inode, la)
+
+    def _read_data(self, inode: ErofsInode, offset: int, size: int) -> bytes:
+        inode, zmap = self._load(inode.nid)
+        with self.lock:
+            if zmap is None:
+                return self.reader.read(inode, offset, size, self._mapper(inode), None)
+            return self.reader.read(inode, offset, size, None, zmap)
+
+    def _read_meta(self, inode: ErofsInode, offset: int, size: int) -> bytes:
+        """Directory and symlink bytes: straight from the image for
+        uncompressed layouts (the kernel's meta buffers), else through the
+        page cache."""
+        if inode.is_compressed:
+            return self._read_data(inode, offset, size)
+        end = min(offset + size, inode.size)
+        out = bytearray()
+        pos = offset
+        while pos < end:
+            ext = map_blocks(self.image, self.sbi, inode, pos)
+            stop = min(ext.la + ext.llen, end)
+            if stop <= pos:
+                raise CorruptImageError(
+                    f"empty extent at {pos}", structure="erofs map", nid=inode.nid
+                )
+            if ext.pa is None:
+                out += bytes(stop - pos)
+            else:
+                out += self.image.slice(
+                    ext.pa + pos - ext.la, stop - pos, structure="erofs data", nid=inode.nid
+                )
+            pos = stop
+        return bytes(out)
+
+    def _read_fragment(self, off: int, size: int) -> bytes:
+        """Bytes of the packed inode (fragments, long xattr prefixes)."""
+        nid = self.sbi.sb.packed_nid
+        if not nid or not self.sbi.has(f.EROFS_FEATURE_INCOMPAT_FRAGMENTS):
+            raise CorruptImageError("fragment without a packed inode", structure="erofs superblock")
+        if self._fragment_depth >= _MAX_FRAGMENT_DEPTH:
+            raise CorruptImageError(
+                "packed inode refers to itself", structure="erofs packed inode", nid=nid
+            )
+        self._fragment_depth += 1
+        try:
+            packed = self._inode(nid)
+            if not packed.is_reg:
+                raise CorruptImageError(
+                    "packed inode is not a regular file", structure="erofs packed inode", nid=nid
+                )
+            data = self._read_data(packed, off, size)
+        finally:
+            self._fragment_depth -= 1
+        if len(data) != size:
+            raise CorruptImageError(
+                f"fragment [{off}, {off + size}) beyond the packed inode",
+                structure="erofs packed inode",
+                nid=nid,
+            )
+        return data
+
+    # -- directories -------------------------------------------------------------
+
+    def _dir_block(self, inode: ErofsInode, blk: int) -> list[f.DirEntryRecord]:
+        key = (inode.nid, blk)
+        with self.lock:
+            hit = self.dir_cache.get(key)
+            if hit is not None:
+                self.dir_counters.hits += 1
+                self.dir_cache.move_to_end(key)
+                return hit
+            self.dir_counters.misses += 1
+            bs = self.sbi.block_size
+            maxsize = block_maxsize(inode.size, bs, blk)
+            data = self._read_meta(inode, blk * bs, maxsize)
+            entries = f.unpack_dirent_block(data, maxsize, nid=inode.nid, offset=blk * bs)
+            self.dir_cache[key] = entries
+            if len(self.dir_cache) > DIRBLOCK_CACHE_SIZE:
+                self.dir_cache.popitem(last=False)
+            return entries
+
+    def _dir(self, ino: Ino) -> ErofsInode:
+        inode = self.inode(ino)
+        if not inode.is_dir:
+            raise NotADirectoryFsError(f"erofs inode nid {inode.nid}: not a directory")
+        return inode
+
+    def _dirent_type(self, rec: f.DirEntryRecord) -> int:
+        t = f.mode_type_from_ftype(rec.file_type)
+        if not t:
+            t = stat.S_IFMT(self._inode(rec.nid).mode)
+        return t
+
+    # -- the Filesystem interface ----------------------------------------------
+
+    def getattr(self, ino: Ino) -> Attr:
+        with self.lock:
+            inode = self.inode(ino)
+            if inode.is_compressed:
+                blocks = (inode.i_u << self.sbi.blkszbits) >> 9
+            else:
+                bs = self.sbi.block_size
+                blocks = (-(-inode.size // bs) * bs) >> 9
+            return Attr(
+                ino=ino,
+                mode=inode.mode,
+                nlink=inode.nlink,
+                uid=inode.uid,
+                gid=inode.gid,
+                size=inode.size,
+                mtime_ns=inode.mtime * 1_000_000_000 + inode.mtime_nsec,
+                rdev=inode.rdev,
+                blocks=blocks,
+            )
+
+    def lookup(self, parent: Ino, name: bytes) -> Ino:
+        with self.lock:
+            d = self._dir(parent)
+            if not name or len(name) > f.EROFS_NAME_LEN or b"/" in name:
+                raise NotFoundError(f"{name!r}: no such entry")
+            rec = find_entry(
+                lambda b: self._dir_block(d, b), dir_nblocks(d.size, self.sbi.block_size), name
+            )
+            if rec is None:
+                raise NotFoundError(f"{name.decode(errors='replace')}: no such entry")
+            return self.ino_of(rec.nid)
+
+    def readdir(self, ino: Ino, offset: int = 0) -> Iterator[DirEntry]:
+        with self.lock:
+            d = self._dir(ino)
+        nblocks = dir_nblocks(d.size, self.sbi.block_size)
+
+        def get_block(blk: int) -> list[f.DirEntryRecord]:
+            return self._dir_block(d, blk)
+
+        for key, rec in iter_entries(get_block, nblocks, offset):
+            with self.lock:
+                t = self._dirent_type(rec)
+            yield DirEntry(name=rec.name, ino=self.ino_of(rec.nid), type=t, offset=key)
+
+    def read(self, ino: Ino, offset: int, size: int) -> bytes:
+        with self.lock:
+            inode = self.inode(ino)
+            if inode.is_dir:
+                raise IsADirectoryFsError(f"erofs inode nid {inode.nid}: is a directory")
+            if not inode.is_reg:
+                raise FsError(f"erofs inode nid {inode.nid}: not a regular file")
+            if offset < 0 or size < 0:
+                raise FsError(f"read at {offset} of {size} bytes")
+            return self._read_data(inode, offset, size)
+
+    def readlink(self, ino: Ino) -> bytes:
+        with self.lock:
+            inode = self.inode(ino)
+            if not inode.is_lnk:
+                raise NotASymlinkError(f"erofs inode nid {inode.nid}: not a symlink")
+            if inode.size > MAX_SYMLINK or inode.size == 0:
+                raise CorruptImageError(
+                    f"symlink of {inode.size} bytes", structure="erofs inode", nid=inode.nid
+                )
+            return self._read_meta(inode, 0, inode.size)
+
+    def _xattrs(self, ino: Ino) -> list[tuple[bytes, bytes]]:
+        with self.lock:
+            inode = self.inode(ino)
+            return read_xattrs(self.image, self.sbi, inode, self.prefixes)
+
+    def listxattr(self, ino: Ino) -> list[bytes]:
+        return [name for name, _ in self._xattrs(ino)]
+
+    def getxattr(self, ino: Ino, name: bytes) -> bytes:
+        for n, value in self._xattrs(ino):
+            if n == name:
+                return value
+        raise NoAttributeError(f"{name.decode(errors='replace')}: no such attribute")
+
+    def statfs(self) -> FsStat:
+        sb = self.sbi.sb
+        return FsStat(
+            block_size=self.sbi.block_size,
+            blocks=sb.blocks,
+            files=sb.inos,
+            name_max=f.EROFS_NAME_LEN,
+        )
+
+    # -- inspect / fsck / budget -------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        sb = self.sbi.sb
+        c = self.sbi.compr
+        return {
+            "format": "erofs",
+            "block_size": self.sbi.block_size,
+            "blocks": sb.blocks,
+            "inodes": sb.inos,
+            "root_nid": self.sbi.root_nid,
+            "meta_blkaddr": sb.meta_blkaddr,
+            "xattr_blkaddr": sb.xattr_blkaddr,
+            "epoch": sb.epoch,
+            "fixed_nsec": sb.fixed_nsec,
+            "build_time": sb.build_time,
+            "uuid": sb.uuid.hex(),
+            "volume_name": sb.volume_name.rstrip(b"\0").decode(errors="replace"),
+            "feature_compat": f.feature_names(sb.feature_compat, f.COMPAT_NAMES),
+            "feature_incompat": f.feature_names(sb.feature_incompat, f.INCOMPAT_NAMES),
+            "checksum": f"{sb.checksum:#010x}",
+            "checksum_ok": self.sbi.checksum_ok,
+            "compression": {
+                "algorithms": [
+                    f.ALGORITHM_NAMES[a] for a in range(4) if c.available_algs & (1 << a)
+                ]
+                if sb.feature_incompat & f.EROFS_FEATURE_INCOMPAT_COMPR_CFGS
+                else ["lz4"],
+                "lz4_max_distance": c.lz4_max_distance,
+                "lz4_max_pclusterblks": c.lz4_max_pclusterblks,
+            },
+            "packed_nid": sb.packed_nid,
+            "xattr_prefix_count": sb.xattr_prefix_count,
+            "extra_devices": sb.extra_devices,
+        }
+
+    def describe_inode(self, ino: Ino) -> dict[str, Any]:
+        with self.lock:
+            inode, zmap = self._load(self.nid_of(ino))
+            out: dict[str, Any] = {
+                "ino": int(ino),
+                "nid": inode.nid,
+                "offset": inode.iloc,
+                "inode_version": "extended" if inode.version else "compact",
+                "layout": inode.layout_name,
+                "mode": oct(inode.mode),
+                "size": inode.size,
+                "nlink": inode.nlink,
+                "uid": inode.uid,
+                "gid": inode.gid,
+                "mtime": inode.mtime,
+                "mtime_nsec": inode.mtime_nsec,
+                "i_ino": inode.i_ino,
+                "xattr_isize": inode.xattr_isize,
+            }
+            extents: list[dict[str, Any]] = []
+            if zmap is not None:
+                out["advise"] = f"{zmap.advise:#x}"
+                out["lclusterbits"] = zmap.lclusterbits
+                for e in zmap.extents()[:1000]:
+                    extents.append({
+                        "la": e.la, "llen": e.llen, "pa": e.pa, "plen": e.plen,
+                        "kind": e.kind.value, "format": f.ALGORITHM_NAMES.get(e.fmt, "plain"),
+                        "partial": e.partial,
+                    })  # fmt: skip
+            elif inode.is_reg or inode.is_dir or inode.is_lnk:
+                la = 0
+                while la < inode.size and len(extents) < 1000:
+                    x = map_blocks(self.image, self.sbi, inode, la)
+                    extents.append({"la": x.la, "llen": x.llen, "pa": x.pa, "inline": x.inline})
+                    la = x.la + x.llen
+            out["extents"] = extents
+            return out
+
+    def fsck_extra(self) -> Iterator[str]:
+        """Directory structure the tree walk does not check: strict name order
+        across blocks, ``.``/``..``, file types, names; compressed extent maps;
+        the superblock's inode count."""
+        root = self.sbi.root_nid
+        seen: set[int] = set()
+        todo: list[tuple[int, int]] = [(root, root)]
+        inodes: set[int] = {root}
+        while todo:
+            nid, parent = todo.pop()
+            if nid in seen:
+                yield f"nid {nid}: directory reached twice (loop or hard-linked directory)"
+                continue
+            seen.add(nid)
+            try:
+                d = self._inode(nid)
+                nblocks = dir_nblocks(d.size, self.sbi.block_size)
+                prev: bytes | None = None
+                dots: dict[bytes, int] = {}
+                for _key, rec in iter_entries(lambda b, d=d: self._dir_block(d, b), nblocks):  # type: ignore[misc]
+                    name = rec.name
+                    if prev is not None and name <= prev:
+                        yield f"nid {nid}: wrong dirent name order ({prev!r} then {name!r})"
+                    prev = name
+                    if b"/" in name or b"\0" in name:
+                        yield f"nid {nid}: invalid name {name!r}"
+                    if rec.file_type >= f.EROFS_FT_MAX:
+                        yield f"nid {nid}: {name!r} has file type {rec.file_type}"
+                    if name in (b".", b".."):
+                        dots[name] = rec.nid
+                        continue
+                    inodes.add(rec.nid)
+                    try:
+                        child = self._inode(rec.nid)
+                    except FsError as e:
+                        yield f"nid {nid}: {name!r}: {e}"
+                        continue
+                    if rec.file_type and f.ftype_from_mode(child.mode) != rec.file_type:
+                        yield (
+                            f"nid {nid}: {name!r} dirent type {rec.file_type} "
+                            f"disagrees with mode {child.mode:#o}"
+                        )
+                    if child.is_dir:
+                        todo.append((rec.nid, nid))
+                    elif child.is_compressed:
+                        try:
+                            self._load(rec.nid)[1].extents()  # type: ignore[union-attr]
+                        except FsError as e:
+                            yield f"nid {rec.nid} ({name!r}): {e}"
+                if dots.get(b".") != nid:
+                    yield f"nid {nid}: '.' is {dots.get(b'.')}, expected {nid}"
+                if dots.get(b"..") != parent:
+                    yield f"nid {nid}: '..' is {dots.get(b'..')}, expected {parent}"
+            except FsError as e:
+                yield f"nid {nid}: {e}"
+        sb = self.sbi.sb
+        if sb.inos and len(inodes) > sb.inos:
+            yield f"superblock: {sb.inos} inodes claimed, {len(inodes)} reachable"
+
+    def memory_stats(self) -> dict[str, int]:
+        with self.lock:
+            out = self.reader.stats()
+        out["inode_cache_hits"] = self.inode_counters.hits
+        out["inode_cache_misses"] = self.inode_counters.misses
+        out["dir_cache_hits"] = self.dir_counters.hits
+        out["dir_cache_misses"] = self.dir_counters.misses
+        return out
+
+    def close(self) -> None:
+        with self.lock:
+            try:
+                self.reader.close()
+            finally:
+                super().close()
+
+
+def open_erofs(image: ImageBytes, memory: MemoryConfig) -> ErofsFilesystem:
+    """The opener registered with :func:`fusefs.vfs.register_format`."""
+    return ErofsFilesystem(image, memory)

@@ -1,0 +1,506 @@
+"""File data through the simulated machine's memory: every ``read()`` is served
+from page-cache frames of an ``mmshim`` arena, and compressed pclusters are
+decoded *into* those frames (after the kernel's ``fs/erofs/zdata.c`` and
+``data.c``).
+
+What reading costs depends on the per-mount strategy (``--decompress``):
+
+``vmap``
+    The output pages of a pcluster are order-0 page-cache frames, as the
+    allocator hands them out; they are ``vmap()``-ed and the decoder writes
+    through the mapping (EROFS with an MMU).  A multi-page compressed input
+    is ``vm_map_ram()``-ed too.  The arena's mode decides what that means:
+    ``mmu`` aliases the frames (no copy), ``nommu-contig`` fails with ENOMEM
+    unless the frames happen to be physically contiguous, ``nommu-bounce``
+    copies through an arena bounce buffer (``bounce_bytes``).
+``bounce``
+    The posted nommu patch, whatever the arena mode: contiguous pages are
+    used in place; scattered ones are copied into a contiguous bounce
+    allocation from the arena at map time and copied back at unmap
+    (``copy_bytes`` counts both directions).  So it differs from ``vmap``
+    under ``mmu`` (where vmap would alias) and under ``nommu-contig``
+    (where vmap would fail): it works as long as one contiguous block of the
+    extent's size can be found.
+``contig-folio``
+    The reviewers' advice: the output of the pclusters that cover a page is
+    one high-order folio (``alloc_pages(order)``), decoded into directly, no
+    vmap.  When that folio is exactly the file's pages (a small file in one
+    extent, say) it is inserted into the page cache as is (``folios_added``);
+    otherwise the complete pages are copied into order-0 page-cache frames
+    (``copy_bytes``) and the folio freed.  Compressed input is a folio too.
+    Under fragmentation the high-order allocation fails: ENOMEM, no fallback.
+``percpu-buffer``
+    One contiguous output buffer and one input buffer reserved from the arena
+    when the image is opened (sized for the largest pcluster, and for a few
+    times that of decoded output; grown, like the kernel's global buffers,
+    when an extent needs more: ``percpu_grows``).  Compressed data is read
+    into the input buffer, decoded into the output buffer and copied out
+    page by page into order-0 page-cache frames (``copy_bytes``).
+
+Uncompressed files (and uncompressed extents) are read into order-0 page
+cache frames by copying from the image (the "disk read"; not counted in
+``copy_bytes``).  Metadata — directories, symlinks, xattrs, indexes, inline
+pclusters — is read from the mapped image directly, as the kernel's meta
+buffers are.
+
+An allocation the arena cannot satisfy raises ``OutOfMemoryError`` (ENOMEM)
+naming the nid, what was being allocated and its order.  Every page taken is
+unlocked and released, every mapping unmapped and every buffer freed, on
+success and on failure alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from fusefs.erofs import format as f
+from fusefs.erofs.data import Extent
+from fusefs.erofs.decompress import decompress
+from fusefs.erofs.inode import ErofsInode
+from fusefs.erofs.super import ErofsSuper
+from fusefs.erofs.zmap import ZExtent, ZKind, ZMap
+from fusefs.errors import CorruptImageError, OutOfMemoryError
+from fusefs.vfs import ImageBytes, MemoryConfig
+from mmshim import PAGE_SIZE, Arena, Owner, Page, PageCache, is_contiguous
+
+PS = PAGE_SIZE
+
+
+def order_for(nr_pages: int) -> int:
+    """The smallest order whose folio holds ``nr_pages`` frames."""
+    return max(nr_pages - 1, 0).bit_length()
+
+
+@dataclass(slots=True)
+class ReadCounters:
+    bytes_decompressed: int = 0  # bytes produced by decoding pclusters (plain ones included)
+    copy_bytes: int = 0  # memory-to-memory copies the strategy needed
+    pclusters_decoded: int = 0
+    folios_added: int = 0
+    percpu_grows: int = 0
+
+
+class PageReader:
+    """Owns the arena and the page cache of one open image."""
+
+    def __init__(self, image: ImageBytes, sbi: ErofsSuper, memory: MemoryConfig) -> None:
+        self.image = image
+        self.sbi = sbi
+        self.memory = memory
+        self.strategy = memory.decompress
+        self.arena = Arena(memory.arena_bytes, memory.mm, name="nommufs-erofs")
+        self.cache = PageCache(self.arena)
+        self.counters = ReadCounters()
+        self.percpu_out: Page | None = None
+        self.percpu_in: Page | None = None
+        self.read_fragment: Callable[[int, int], bytes] | None = None
+        if self.strategy == "percpu-buffer":
+            try:
+                max_pcluster = self.sbi.compr.lz4_max_pclusterblks * self.sbi.block_size
+                if self.sbi.compr.available_algs & ~1:
+                    max_pcluster = f.Z_EROFS_PCLUSTER_MAX_SIZE
+                max_pcluster = max(max_pcluster, PS)
+                self.percpu_in = self._alloc(
+                    order_for(-(-max_pcluster // PS)), Owner.PERCPU, -1, "percpu input buffer"
+                )
+                out_bytes = min(max(4 * max_pcluster, 64 << 10), 4 << 20)
+                self.percpu_out = self._alloc(
+                    order_for(out_bytes // PS), Owner.PERCPU, -1, "percpu output buffer"
+                )
+            except BaseException:
+                self.close()
+                raise
+
+    # -- allocation helpers ------------------------------------------------------
+
+    def _alloc(self, order: int, owner: Owner, nid: int, what: str) -> Page:
+        try:
+            return self.arena.alloc_pages(order, owner)
+        except MemoryError as e:
+            raise OutOfMemoryError(
+                f"nid {nid}: cannot allocate {what} (order {order}): {e}"
+            ) from None
+
+    def _page(self, nid: int, index: int) -> Page:
+        try:
+            return self.cache.find_or_create(nid, index)
+        except MemoryError as e:
+            raise OutOfMemoryError(
+                f"nid {nid}: cannot allocate page cache page {index} (order 0): {e}"
+            ) from None
+
+    def _grow(self, which: str, nr_pages: int, nid: int) -> Page:
+        cur = self.percpu_out if which == "out" else self.percpu_in
+        if cur is not None and cur.nr_pages >= nr_pages:
+            return cur
+        if cur is not None:
+            self.arena.free_pages(cur)
+        if which == "out":
+            self.percpu_out = None
+        else:
+            self.percpu_in = None
+        page = self._alloc(order_for(nr_pages), Owner.PERCPU, nid, f"percpu {which}put buffer")
+        self.counters.percpu_grows += 1
+        if which == "out":
+            self.percpu_out = page
+        else:
+            self.percpu_in = page
+        return page
+
+    # -- reading -----------------------------------------------------------------
+
+    def read(
+        self,
+        inode: ErofsInode,
+        offset: int,
+        size: int,
+        mapper: Callable[[int], Extent] | None,
+        zmap: ZMap | None,
+    ) -> bytes:
+        """Bytes ``[offset, offset + size)`` of a file (short at EOF), through the page cache."""
+        end = min(offset + size, inode.size)
+        if offset >= end:
+            return b""
+        nid = inode.nid
+        out = bytearray(end - offset)
+        p0, p1 = offset // PS, (end - 1) // PS + 1
+        for p in range(p0, p1):
+            page = self.cache.find(nid, p)
+            if page is not None and not page.is_uptodate:
+                self.cache.release(page)
+                page = None
+            if page is None:
+                if zmap is not None:
+                    self._fill_compressed(inode, zmap, p)
+                else:
+                    assert mapper is not None
+                    self._fill_plain(inode, mapper, p, p1)
+                page = self.cache.find(nid, p)
+                if page is None or not page.is_uptodate:
+                    if page is not None:
+                        self.cache.release(page)
+                    raise CorruptImageError(
+                        f"page {p} could not be filled", structure="erofs data", nid=nid
+                    )
+            try:
+                lo = max(offset, p * PS)
+                hi = min(end, (p + 1) * PS)
+                view = self.arena.page_view(page)
+                out[lo - offset : hi - offset] = view[lo - p * PS : hi - p * PS]
+                view.release()
+            finally:
+                self.cache.release(page)
+        return bytes(out)
+
+    def _fill_plain(
+        self, inode: ErofsInode, mapper: Callable[[int], Extent], p: int, p_end: int
+    ) -> None:
+        """Read pages ``p ..`` (up to the request's end, stopping at a cached one)
+        of an uncompressed file from the image."""
+        nid = inode.nid
+        q = p
+        while q < p_end:
+            page = self._page(nid, q)
+            try:
+                if page.is_uptodate:
+                    if q == p:  # someone filled it meanwhile
+                        return
+                    break
+                if not page.is_locked:
+                    page.lock()
+                try:
+                    self._copy_plain(inode, mapper, q, page)
+                    page.set_uptodate()
+                finally:
+                    page.unlock()
+            finally:
+                self.cache.release(page)
+            q += 1
+
+    def _copy_plain(
+        self, inode: ErofsInode, mapper: Callable[[int], Extent], q: int, page: Page
+    ) -> None:
+        view = self.arena.page_view(page)
+        try:
+            pos, end = q * PS, min((q + 1) * PS, inode.size)
+            while pos < end:
+                ext = mapper(pos)
+                stop = min(ext.la + ext.llen, end)
+                if stop <= pos:
+                    raise CorruptImageError(
+                        f"empty extent at {pos}", structure="erofs map", nid=inode.nid
+                    )
+                dst = view[pos - q * PS : stop - q * PS]
+                if ext.pa is None:
+                    dst[:] = bytes(len(dst))
+                else:
+                    dst[:] = self.image.slice(
+                        ext.pa + pos - ext.la, stop - pos, structure="erofs data", nid=inode.nid
+                    )
+                pos = stop
+            if end - q * PS < PS:
+                view[end - q * PS :] = bytes(PS - (end - q * PS))
+        finally:
+            view.release()
+
+    # -- compressed files ----------------------------------------------------------
+
+    def _fill_compressed(self, inode: ErofsInode, zmap: ZMap, p: int) -> None:
+        """Decode every extent overlapping page ``p`` into the page cache."""
+        lo, hi = p * PS, min((p + 1) * PS, inode.size)
+        extents = []
+        pos = lo
+        while pos < hi:
+            e = zmap.map(pos)
+            extents.append(e)
+            pos = e.end
+        if self.strategy in ("vmap", "bounce"):
+            self._run_mapped(inode, extents)
+        else:
+            self._run_buffered(inode, extents)
+
+    def _complete(self, inode: ErofsInode, q: int, a: int, b: int) -> bool:
+        """Is page ``q`` wholly inside the decoded range ``[a, b)`` (or beyond EOF)?"""
+        return q * PS >= a and min((q + 1) * PS, inode.size) <= b
+
+    def _input(self, stack: ExitStack, inode: ErofsInode, e: ZExtent) -> memoryview:
+        """The pcluster's bytes in arena frames (or metadata, for inline ones)."""
+        nid = inode.nid
+        if e.kind is ZKind.INLINE:
+            return self.image.slice(e.pa, e.plen, structure="erofs inline pcluster", nid=nid)
+        if e.kind is ZKind.FRAGMENT:
+            assert self.read_fragment is not None
+            return memoryview(self.read_fragment(e.fragmentoff, e.llen))
+        disk = self.image.slice(e.pa, e.plen, structure="erofs pcluster", nid=nid)
+        nin = -(-e.plen // PS)
+        if self.strategy == "percpu-buffer":
+            buf = self._grow("in", nin, nid)
+            view = self.arena.folio_view(buf)
+            stack.callback(view.release)
+            view[: e.plen] = disk
+            return view[: e.plen]
+        if self.strategy == "contig-folio":
+            folio = self._alloc(order_for(nin), Owner.DECOMPRESS, nid, "compressed input folio")
+            stack.callback(self.arena.free_pages, folio)
+            view = self.arena.folio_view(folio)
+            stack.callback(view.release)
+            view[: e.plen] = disk
+            return view[: e.plen]
+        pages = []
+        for i in range(nin):
+            pg = self._alloc(0, Owner.DECOMPRESS, nid, "compressed input page")
+            stack.callback(self.arena.free_pages, pg)
+            pages.append(pg)
+            v = self.arena.page_view(pg)
+            chunk = disk[i * PS : (i + 1) * PS]
+            v[: len(chunk)] = chunk
+            v.release()
+        if nin == 1:
+            v = self.arena.page_view(pages[0])
+            stack.callback(v.release)
+            return v[: e.plen]
+        view = self._map(stack, pages, nid, "compressed input", ram=True)
+        return view[: e.plen]
+
+    def _map(
+        self, stack: ExitStack, pages: list[Page], nid: int, what: str, *, ram: bool = False
+    ) -> memoryview:
+        """A virtually contiguous view of ``pages`` per the strategy; undone by ``stack``."""
+        if self.strategy == "bounce" and not is_contiguous(pages):
+            return self._bounce(stack, pages, nid, what)
+        try:
+            m = self.arena.vm_map_ram(pages) if ram else self.arena.vmap(pages)
+        except MemoryError as e:
+            raise OutOfMemoryError(
+                f"nid {nid}: cannot vmap {len(pages)} pages of {what} "
+                f"(order 0, {self.arena.mode}): {e}"
+            ) from None
+        stack.callback(self.arena.vm_unmap_ram if ram else self.arena.vunmap, m)
+        return m.view
+
+    def _bounce(self, stack: ExitStack, pages: list[Page], nid: int, what: str) -> memoryview:
+        n = len(pages)
+        buf = self._alloc(order_for(n), Owner.BOUNCE, nid, f"bounce buffer for {what}")
+        stack.callback(self.arena.free_pages, buf)
+        view = self.arena.folio_view(buf)[: n * PS]
+
+        def copy_back() -> None:
+            for i, pg in enumerate(pages):
+                v = self.arena.page_view(pg)
+                v[:] = view[i * PS : (i + 1) * PS]
+                v.release()
+            self.counters.copy_bytes += n * PS
+            view.release()
+
+        for i, pg in enumerate(pages):  # the patch copies in at map time
+            v = self.arena.page_view(pg)
+            view[i * PS : (i + 1) * PS] = v
+            v.release()
+        self.counters.copy_bytes += n * PS
+        stack.callback(copy_back)
+        return view
+
+    def _decode(self, inode: ErofsInode, e: ZExtent, src: memoryview, dst: memoryview) -> None:
+        bs = self.sbi.block_size
+        pad_window = bs - e.pa % bs if e.kind is ZKind.INLINE else min(bs, e.plen)
+        decompress(
+            e.fmt,
+            src,
+            dst,
+            cfg=self.sbi.compr,
+            zero_padding=self.sbi.has(f.EROFS_FEATURE_INCOMPAT_ZERO_PADDING),
+            partial=e.partial,
+            pad_window=pad_window,
+            la=e.la,
+            block_size=bs,
+            where=f"erofs inode nid {inode.nid} extent [{e.la}, {e.end}) @{e.pa:#x}",
+        )
+        self.counters.bytes_decompressed += e.llen
+        self.counters.pclusters_decoded += 1
+
+    def _run_mapped(self, inode: ErofsInode, extents: list[ZExtent]) -> None:
+        """``vmap`` / ``bounce``: decode each pcluster through a mapping of its output pages."""
+        nid = inode.nid
+        a, b = extents[0].la, extents[-1].end
+        held: dict[int, Page] = {}
+        locked: list[Page] = []
+        try:
+            for e in extents:
+                q0, q1 = e.la // PS, -(-e.end // PS)
+                pages = []
+                for q in range(q0, q1):
+                    pg = held.get(q)
+                    if pg is None:
+                        pg = self._page(nid, q)
+                        held[q] = pg
+                        if not pg.is_uptodate:
+                            if not pg.is_locked:
+                                pg.lock()
+                            locked.append(pg)
+                    pages.append(pg)
+                with ExitStack() as stack:
+                    src = self._input(stack, inode, e)
+                    with ExitStack() as out_stack:
+                        view = self._map(out_stack, pages, nid, "decompressed output")
+                        off = e.la - q0 * PS
+                        self._decode(inode, e, src, view[off : off + e.llen])
+            for q, pg in held.items():
+                if not pg.is_uptodate and self._complete(inode, q, a, b):
+                    self._zero_tail(inode, q, pg)
+                    pg.set_uptodate()
+        finally:
+            for pg in locked:
+                pg.unlock()
+            for pg in held.values():
+                self.cache.release(pg)
+
+    def _zero_tail(self, inode: ErofsInode, q: int, pg: Page) -> None:
+        used = inode.size - q * PS
+        if used < PS:
+            v = self.arena.page_view(pg)
+            v[used:] = bytes(PS - used)
+            v.release()
+
+    def _run_buffered(self, inode: ErofsInode, extents: list[ZExtent]) -> None:
+        """``contig-folio`` / ``percpu-buffer``: decode into one contiguous buffer, then
+        insert it as a folio or copy the complete pages out."""
+        nid = inode.nid
+        a, b = extents[0].la, extents[-1].end
+        q0, q1 = a // PS, -(-b // PS)
+        n = q1 - q0
+        with ExitStack() as stack:
+            if self.strategy == "contig-folio":
+                folio = self._alloc(
+                    order_for(n), Owner.DECOMPRESS, nid, "decompressed output folio"
+                )
+                own = [True]
+
+                def drop() -> None:
+                    if own[0]:
+                        self.arena.free_pages(folio)
+
+                stack.callback(drop)
+            else:
+                folio = self._grow("out", n, nid)
+            view = self.arena.folio_view(folio)
+            stack.callback(view.release)
+            for e in extents:
+                with ExitStack() as in_stack:
+                    src = self._input(in_stack, inode, e)
+                    off = e.la - q0 * PS
+                    self._decode(inode, e, src, view[off : off + e.llen])
+            end_in_buf = b - q0 * PS
+            if b >= inode.size:  # erofs: bytes past EOF read as zeros
+                view[end_in_buf : (folio.nr_pages) * PS] = bytes(folio.nr_pages * PS - end_in_buf)
+            if self.strategy == "contig-folio" and self._insert_folio(inode, folio, q0, a, b):
+                own[0] = False
+                self.arena.free_pages(folio)  # the page cache holds its own reference now
+                return
+            for q in range(q0, q1):
+                if not self._complete(inode, q, a, b):
+                    continue
+                pg = self._page(nid, q)
+                try:
+                    if pg.is_uptodate:
+                        continue
+                    if not pg.is_locked:
+                        pg.lock()
+                    try:
+                        v = self.arena.page_view(pg)
+                        v[:] = view[(q - q0) * PS : (q - q0 + 1) * PS]
+                        v.release()
+                        self.counters.copy_bytes += PS
+                        pg.set_uptodate()
+                    finally:
+                        pg.unlock()
+                finally:
+                    self.cache.release(pg)
+
+    def _insert_folio(self, inode: ErofsInode, folio: Page, q0: int, a: int, b: int) -> bool:
+        """Add the decoded folio to the page cache as is, when every page of it is valid."""
+        nr = folio.nr_pages
+        if not all(self._complete(inode, q, a, b) for q in range(q0, q0 + nr)):
+            return False
+        for q in range(q0, q0 + nr):
+            pg = self.cache.find(inode.nid, q)
+            if pg is not None:
+                self.cache.release(pg)
+                return False
+        folio.set_uptodate()
+        self.cache.add_folio(inode.nid, q0, folio)
+        self.counters.folios_added += 1
+        return True
+
+    # -- lifetime ----------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        st = self.arena.stats
+        out: dict[str, int] = {}
+        for name in st.__dataclass_fields__:
+            value = getattr(st, name)
+            if isinstance(value, int):
+                out[name] = value
+        for kind, frames in st.frames_by_owner.items():
+            out[f"frames_{kind}"] = frames
+        cc = self.cache.counters
+        out["cache_hits"] = cc.hits
+        out["cache_misses"] = cc.misses
+        out["cache_evictions"] = cc.evictions
+        out["bytes_decompressed"] = self.counters.bytes_decompressed
+        out["copy_bytes"] = self.counters.copy_bytes
+        out["pclusters_decoded"] = self.counters.pclusters_decoded
+        out["folios_added"] = self.counters.folios_added
+        out["percpu_grows"] = self.counters.percpu_grows
+        return out
+
+    def close(self) -> None:
+        if self.arena.closed:
+            return
+        for buf in (self.percpu_in, self.percpu_out):
+            if buf is not None:
+                self.arena.free_pages(buf)
+        self.percpu_in = self.percpu_out = None
+        self.cache.close()
+        self.arena.close()

@@ -1,0 +1,308 @@
+"""Compressed extent mapping: full and compact lcluster indexes, big
+pclusters (CBLKCNT), ztailpacking, fragments, dedupe's partial references
+(after the kernel's ``fs/erofs/zmap.c``).
+
+:meth:`ZMap.map` returns the *whole* extent holding a logical offset —
+where its pcluster is and how many bytes it decodes to — because the reader
+decodes each pcluster once, completely, into the page cache."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from fusefs.erofs import format as f
+from fusefs.erofs.inode import ErofsInode
+from fusefs.erofs.super import ErofsSuper
+from fusefs.errors import CorruptImageError, UnsupportedFeatureError
+from fusefs.vfs import ImageBytes
+
+_STRUCT = "erofs compressed index"
+
+
+class ZKind(enum.Enum):
+    ENCODED = "encoded"  # a pcluster in data blocks
+    INLINE = "inline"  # ztailpacking: the pcluster is inline in the inode's metadata
+    FRAGMENT = "fragment"  # the bytes live in the packed inode at fragmentoff
+
+
+@dataclass(frozen=True, slots=True)
+class ZExtent:
+    """Logical ``[la, la + llen)`` produced by one pcluster ``[pa, pa + plen)``."""
+
+    la: int
+    llen: int
+    pa: int
+    plen: int
+    fmt: int  # Z_EROFS_COMPRESSION_* (SHIFTED/INTERLACED for uncompressed pclusters)
+    kind: ZKind
+    partial: bool  # the pcluster decodes to more than llen (dedupe's PARTIAL_REF)
+    fragmentoff: int = 0
+    head_lcn: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.la + self.llen
+
+
+class ZMap:
+    """The parsed map header of one compressed inode and its extent mapper
+    (the kernel's ``z_erofs_fill_inode_lazy`` + ``z_erofs_map_blocks_fo``)."""
+
+    def __init__(self, image: ImageBytes, sbi: ErofsSuper, inode: ErofsInode) -> None:
+        self.image = image
+        self.sbi = sbi
+        self.inode = inode
+        self.nid = inode.nid
+        self.size = inode.size
+        self.compact = inode.layout == f.EROFS_INODE_COMPRESSED_COMPACT
+        self.header_pos = f.map_header_pos(inode.iloc, inode.inode_isize, inode.xattr_isize)
+        raw = image.slice(
+            self.header_pos, f.MapHeader.SIZE, structure="erofs map header", nid=self.nid
+        )
+        h = f.MapHeader.unpack_from(raw)
+        self.header = h
+        self.whole_fragment = h.whole_file_fragment
+        self.fragmentoff = 0
+        self.idata_size = 0
+        self.idataoff = 0
+        self.tail_head_lcn = -1
+        self._pack_memo: tuple[int, list[f.CompactEntry], int] | None = None
+        if self.whole_fragment:
+            if not sbi.has(f.EROFS_FEATURE_INCOMPAT_FRAGMENTS):
+                raise self._bad("whole-file fragment without the fragments feature")
+            self.fragmentoff = h.whole_file_fragmentoff
+            self.advise = f.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
+            self.lclusterbits = sbi.blkszbits
+            return
+        self.advise = h.h_advise
+        if not self.compact and self.advise & f.Z_EROFS_ADVISE_EXTENTS:
+            raise UnsupportedFeatureError(
+                f"erofs inode nid {self.nid}: encoded extents (48bit) are not supported"
+            )
+        self.algs = (h.h_algorithmtype & 15, h.h_algorithmtype >> 4)
+        for alg in self.algs:
+            if alg >= f.Z_EROFS_COMPRESSION_MAX:
+                raise UnsupportedFeatureError(
+                    f"erofs inode nid {self.nid}: unknown compression algorithm {alg}"
+                )
+        self.lclusterbits = sbi.blkszbits + (h.h_clusterbits & 15)
+        if self.lclusterbits > 30:
+            raise UnsupportedFeatureError(
+                f"erofs inode nid {self.nid}: lcluster bits {self.lclusterbits}"
+            )
+        self.big1 = bool(self.advise & f.Z_EROFS_ADVISE_BIG_PCLUSTER_1)
+        self.big2 = bool(self.advise & f.Z_EROFS_ADVISE_BIG_PCLUSTER_2)
+        if (self.big1 or self.big2) and not sbi.has(f.EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER):
+            raise self._bad("big pcluster advise without the big_pcluster feature")
+        if self.compact and self.big1 != self.big2:
+            raise self._bad("big pcluster head1/2 of compact indexes differ")
+        self.lcsize = 1 << self.lclusterbits
+        self.total = -(-self.size // sbi.block_size)  # the kernel counts blocks
+        self.layout = (
+            f.compact_layout(
+                self.header_pos + f.MapHeader.SIZE,
+                self.total,
+                bool(self.advise & f.Z_EROFS_ADVISE_COMPACTED_2B),
+            )
+            if self.compact
+            else None
+        )
+        end = self.layout.end if self.layout else f.full_index_pos(self.header_pos, self.total)
+        image.check(
+            self.header_pos, end - self.header_pos, structure="erofs index area", nid=self.nid
+        )
+        ztail = bool(self.advise & f.Z_EROFS_ADVISE_INLINE_PCLUSTER)
+        frag = bool(self.advise & f.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER)
+        if ztail:
+            if not sbi.has(f.EROFS_FEATURE_INCOMPAT_ZTAILPACKING):
+                raise self._bad("inline pcluster without the ztailpacking feature")
+            self.idata_size = h.h_idata_size
+        if frag:
+            if not sbi.has(f.EROFS_FEATURE_INCOMPAT_FRAGMENTS):
+                raise self._bad("fragment pcluster without the fragments feature")
+            self.fragmentoff = h.h_fragmentoff
+        if (ztail or frag) and self.size:
+            # erofs: find the tail extent's head lcluster (EROFS_GET_BLOCKS_FINDTAIL)
+            last = (self.size - 1) >> self.lclusterbits
+            head, hlcn, _ = self._locate(self.size - 1)
+            self.tail_head_lcn = hlcn
+            if ztail:
+                self.idataoff = self._next_pack_offset(last)
+            if frag and not self.compact:
+                self.fragmentoff |= head.blkaddr << 32
+
+    def _bad(self, reason: str, offset: int | None = None) -> CorruptImageError:
+        return CorruptImageError(reason, structure=_STRUCT, nid=self.nid, offset=offset)
+
+    # -- lcluster indexes ------------------------------------------------------
+
+    def _next_pack_offset(self, lcn: int) -> int:
+        if self.layout is not None:
+            return self.layout.next_pack_offset(lcn)
+        return f.full_index_pos(self.header_pos, lcn) + f.LclusterIndex.SIZE
+
+    def load(self, lcn: int) -> f.DecodedLcluster:
+        """The index of lcluster ``lcn``, decoded."""
+        if lcn < 0 or lcn >= self.total:
+            raise self._bad(f"lcluster {lcn} outside 0..{self.total - 1}")
+        try:
+            if self.layout is None:
+                pos = f.full_index_pos(self.header_pos, lcn)
+                raw = self.image.slice(pos, f.LclusterIndex.SIZE, structure=_STRUCT, nid=self.nid)
+                big = self.big1 or self.big2
+                d = f.decode_full_index(f.LclusterIndex.unpack_from(raw), self.lclusterbits, big)
+            else:
+                pos, amort = self.layout.position(lcn)
+                geo = f.pack_geometry(amort, self.lclusterbits)
+                if geo is None:
+                    raise UnsupportedFeatureError(
+                        f"erofs inode nid {self.nid}: {amort}B compact indexes "
+                        f"with lcluster bits {self.lclusterbits}"
+                    )
+                start = pos - pos % geo.pack_size
+                memo = self._pack_memo
+                if memo is not None and memo[0] == start:
+                    entries, base = memo[1], memo[2]
+                else:
+                    raw = self.image.slice(start, geo.pack_size, structure=_STRUCT, nid=self.nid)
+                    entries, base = f.decode_compact_pack(raw, geo)
+                    self._pack_memo = (start, entries, base)
+                d = f.decode_compact_entry(
+                    entries, base, (pos - start) // amort, self.lclusterbits, self.big1
+                )
+        except ValueError as e:
+            raise self._bad(f"lcluster {lcn}: {e}") from None
+        if d.type != f.Z_EROFS_LCLUSTER_TYPE_NONHEAD and d.clusterofs >= self.lcsize:
+            raise self._bad(f"lcluster {lcn}: clusterofs {d.clusterofs} >= lcluster size")
+        return d
+
+    def _lookback(self, lcn: int, distance: int) -> tuple[f.DecodedLcluster, int]:
+        # every step goes strictly back, so the walk ends
+        while True:
+            if distance <= 0 or distance > lcn:
+                raise self._bad(f"bogus lookback distance {distance} at lcluster {lcn}")
+            lcn -= distance
+            m = self.load(lcn)
+            if m.type != f.Z_EROFS_LCLUSTER_TYPE_NONHEAD:
+                return m, lcn
+            distance = m.delta0
+
+    def _locate(self, la: int) -> tuple[f.DecodedLcluster, int, int]:
+        """``(head index, head lcn, extent start)`` of the extent holding ``la``."""
+        lcn, endoff = divmod(la, self.lcsize)
+        m = self.load(lcn)
+        if m.type != f.Z_EROFS_LCLUSTER_TYPE_NONHEAD:
+            if endoff >= m.clusterofs:
+                return m, lcn, lcn * self.lcsize + m.clusterofs
+            if lcn == 0:
+                raise self._bad(f"offset {la} lies before the first extent")
+            head, hlcn = self._lookback(lcn, 1)
+        else:
+            head, hlcn = self._lookback(lcn, m.delta0)
+        return head, hlcn, hlcn * self.lcsize + head.clusterofs
+
+    def _extent_end(self, hlcn: int, m_la: int) -> int:
+        """Where the extent starting at head lcluster ``hlcn`` ends
+        (``z_erofs_get_extent_decompressedlen``)."""
+        lcn = hlcn
+        limit = m_la + f.Z_EROFS_PCLUSTER_MAX_DSIZE
+        while True:
+            if lcn * self.lcsize >= self.size:
+                return self.size
+            m = self.load(lcn)
+            if m.type == f.Z_EROFS_LCLUSTER_TYPE_NONHEAD:
+                step = m.delta1 or 1
+            else:
+                if lcn != hlcn:
+                    return lcn * self.lcsize + m.clusterofs
+                step = 1
+            lcn += step
+            if lcn * self.lcsize > limit + self.lcsize:
+                raise UnsupportedFeatureError(
+                    f"erofs inode nid {self.nid}: extent at {m_la} decodes to more than 12 MiB"
+                )
+
+    def _compressed_blocks(self, head: f.DecodedLcluster, hlcn: int) -> int:
+        big = self.big1 if head.type == f.Z_EROFS_LCLUSTER_TYPE_HEAD1 else self.big2
+        if not big or (hlcn + 1) * self.lcsize >= self.size:
+            return 1
+        m = self.load(hlcn + 1)
+        if m.type != f.Z_EROFS_LCLUSTER_TYPE_NONHEAD:
+            return 1
+        if m.compressedblks:
+            return m.compressedblks
+        if m.delta0 == 1:
+            return 1
+        raise self._bad(f"cannot find CBLKCNT at lcluster {hlcn + 1}")
+
+    # -- the mapper --------------------------------------------------------------
+
+    def map(self, la: int) -> ZExtent:
+        """The whole extent holding logical byte ``la`` (``0 <= la < i_size``)."""
+        if la < 0 or la >= self.size:
+            raise self._bad(f"offset {la} outside the {self.size}-byte file")
+        if self.whole_fragment:
+            return ZExtent(
+                0,
+                self.size,
+                0,
+                0,
+                f.Z_EROFS_COMPRESSION_SHIFTED,
+                ZKind.FRAGMENT,
+                True,
+                self.fragmentoff,
+            )
+        head, hlcn, m_la = self._locate(la)
+        end = self._extent_end(hlcn, m_la)
+        if end <= la or m_la > la:
+            raise self._bad(f"extent [{m_la}, {end}) does not hold offset {la}")
+        llen = end - m_la
+        bs = self.sbi.block_size
+        if head.type == f.Z_EROFS_LCLUSTER_TYPE_PLAIN:
+            fmt = (
+                f.Z_EROFS_COMPRESSION_INTERLACED
+                if self.advise & f.Z_EROFS_ADVISE_INTERLACED_PCLUSTER
+                else f.Z_EROFS_COMPRESSION_SHIFTED
+            )
+        else:
+            fmt = self.algs[1] if head.type == f.Z_EROFS_LCLUSTER_TYPE_HEAD2 else self.algs[0]
+            if not self.sbi.compr.available_algs & (1 << fmt):
+                raise self._bad(
+                    f"algorithm {f.ALGORITHM_NAMES.get(fmt, fmt)} is not enabled in the superblock"
+                )
+        if hlcn == self.tail_head_lcn and self.idata_size:
+            pa, plen = self.idataoff, self.idata_size
+            if pa % bs + plen > bs:
+                raise self._bad(f"inline pcluster of {plen} bytes crosses a block", offset=pa)
+            self.image.check(pa, plen, structure="erofs inline pcluster", nid=self.nid)
+            kind = ZKind.INLINE
+        elif hlcn == self.tail_head_lcn and self.advise & f.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER:
+            return ZExtent(m_la, llen, 0, 0, f.Z_EROFS_COMPRESSION_SHIFTED, ZKind.FRAGMENT, True,
+                           self.fragmentoff, hlcn)  # fmt: skip
+        else:
+            pa = head.blkaddr * bs
+            plen = self._compressed_blocks(head, hlcn) * bs
+            if plen > f.Z_EROFS_PCLUSTER_MAX_SIZE:
+                raise self._bad(f"pcluster of {plen} bytes exceeds 1 MiB")
+            self.image.check(pa, plen, structure="erofs pcluster", nid=self.nid)
+            kind = ZKind.ENCODED
+        if fmt >= f.Z_EROFS_COMPRESSION_MAX and llen > plen:
+            raise self._bad(
+                f"uncompressed extent of {llen} bytes longer than its {plen}-byte pcluster"
+            )
+        if llen > f.Z_EROFS_PCLUSTER_MAX_DSIZE:
+            raise UnsupportedFeatureError(
+                f"erofs inode nid {self.nid}: extent of {llen} bytes exceeds 12 MiB"
+            )
+        return ZExtent(m_la, llen, pa, plen, fmt, kind, head.partial_ref, 0, hlcn)
+
+    def extents(self) -> list[ZExtent]:
+        """Every extent of the file, in order (``inspect --inode``, fsck)."""
+        out: list[ZExtent] = []
+        la = 0
+        while la < self.size:
+            e = self.map(la)
+            out.append(e)
+            la = e.end
+        return out
