@@ -264,3 +264,45 @@ def diff_trees(
 
 def iter_regular(snap: dict[str, Entry]) -> Iterator[Entry]:
     return (e for e in snap.values() if stat.S_ISREG(e.mode))
+
+
+def snapshot_fs(fs: object, *, xattrs: bool = True) -> dict[str, Entry]:
+    """What a :class:`fusefs.vfs.Filesystem` shows, in the same shape as
+    :func:`snapshot` of a directory (paths relative to the root, ``"."`` for
+    it), read through the library itself: getattr, readdir, read, readlink,
+    listxattr/getxattr.  Compare the two with :func:`diff_trees`."""
+    import hashlib
+
+    from fusefs.vfs import Filesystem, walk
+
+    assert isinstance(fs, Filesystem)
+    out: dict[str, Entry] = {}
+    for item in walk(fs):
+        a = item.attr
+        rel = os.fsdecode(item.path) if item.path else "."
+        e = Entry(
+            path=rel,
+            mode=a.mode,
+            uid=a.uid,
+            gid=a.gid,
+            size=a.size,
+            mtime_ns=a.mtime_ns,
+            nlink=a.nlink,
+            rdev=a.rdev if stat.S_ISCHR(a.mode) or stat.S_ISBLK(a.mode) else 0,
+        )
+        if a.is_lnk:
+            e.target = fs.readlink(item.ino)
+        elif a.is_reg:
+            h = hashlib.sha256()
+            pos = 0
+            while pos < a.size:
+                chunk = fs.read(item.ino, pos, 1 << 20)
+                if not chunk:
+                    raise AssertionError(f"{rel}: short read at {pos} of {a.size}")
+                h.update(chunk)
+                pos += len(chunk)
+            e.data_sha = h.hexdigest()
+        if xattrs:
+            e.xattrs = {n: fs.getxattr(item.ino, n) for n in sorted(fs.listxattr(item.ino))}
+        out[rel] = e
+    return out
