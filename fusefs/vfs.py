@@ -165,11 +165,17 @@ class ImageBytes:
         return self.view[offset : offset + length]
 
     def close(self) -> None:
-        self.view.release()
-        self._whole.release()
-        if self._mmap is not None:
-            self._mmap.close()
-            self._mmap = None
+        if self._mmap is None:
+            return
+        mapping, self._mmap = self._mmap, None
+        try:
+            self.view.release()
+            self._whole.release()
+            mapping.close()
+        except BufferError:
+            # a slice is still alive (e.g. in the frames of a traceback being
+            # raised): the mapping goes away with the last reference to it
+            pass
 
 
 class Filesystem(abc.ABC):
