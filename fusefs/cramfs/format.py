@@ -166,7 +166,7 @@ def detect_endian(first4: bytes) -> Endian | None:
     return None
 
 
-def image_crc(image: bytes | memoryview, start: int, size: int) -> int:
+def image_crc(image: bytes | bytearray | memoryview, start: int, size: int) -> int:
     """CRC-32 over ``[start, size)`` with the 4-byte crc field taken as zero."""
     crc = zlib.crc32(image[start : start + CRC_OFFSET])
     crc = zlib.crc32(b"\0\0\0\0", crc)
