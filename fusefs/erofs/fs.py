@@ -18,9 +18,10 @@ inode 1 and passes every other Ino through unchanged.  The on-disk
 from __future__ import annotations
 
 import collections
+import functools
 import stat
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar
 
 from fusefs.erofs import format as f
 from fusefs.erofs.data import Extent, map_blocks
@@ -50,6 +51,28 @@ from fusefs.vfs import (
     Ino,
     MemoryConfig,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _clean_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Raise FsErrors from the public API without their traceback and context:
+    the frames they would keep alive hold views of the mapped image and of
+    the arena, which must be closable while a caller still holds the error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except FsError as e:
+            err = e
+        err.__traceback__ = None
+        err.__context__ = err.__cause__ = None
+        raise err
+
+    return wrapper
+
 
 INO_BIAS: Final = 2
 INODE_CACHE_SIZE: Final = 8192
@@ -229,6 +252,7 @@ class ErofsFilesystem(Filesystem):
 
     # -- the Filesystem interface ----------------------------------------------
 
+    @_clean_errors
     def getattr(self, ino: Ino) -> Attr:
         with self.lock:
             inode = self.inode(ino)
@@ -249,6 +273,7 @@ class ErofsFilesystem(Filesystem):
                 blocks=blocks,
             )
 
+    @_clean_errors
     def lookup(self, parent: Ino, name: bytes) -> Ino:
         with self.lock:
             d = self._dir(parent)
@@ -263,17 +288,29 @@ class ErofsFilesystem(Filesystem):
 
     def readdir(self, ino: Ino, offset: int = 0) -> Iterator[DirEntry]:
         with self.lock:
-            d = self._dir(ino)
+            d = _clean_errors(self._dir)(ino)
         nblocks = dir_nblocks(d.size, self.sbi.block_size)
 
         def get_block(blk: int) -> list[f.DirEntryRecord]:
             return self._dir_block(d, blk)
 
-        for key, rec in iter_entries(get_block, nblocks, offset):
-            with self.lock:
-                t = self._dirent_type(rec)
+        entries = iter_entries(get_block, nblocks, offset)
+        while True:
+            try:
+                key, rec = next(entries)
+                with self.lock:
+                    t = self._dirent_type(rec)
+            except StopIteration:
+                return
+            except FsError as e:
+                err = e
+                break
             yield DirEntry(name=rec.name, ino=self.ino_of(rec.nid), type=t, offset=key)
+        err.__traceback__ = None
+        err.__context__ = err.__cause__ = None
+        raise err
 
+    @_clean_errors
     def read(self, ino: Ino, offset: int, size: int) -> bytes:
         with self.lock:
             inode = self.inode(ino)
@@ -285,6 +322,7 @@ class ErofsFilesystem(Filesystem):
                 raise FsError(f"read at {offset} of {size} bytes")
             return self._read_data(inode, offset, size)
 
+    @_clean_errors
     def readlink(self, ino: Ino) -> bytes:
         with self.lock:
             inode = self.inode(ino)
@@ -301,15 +339,18 @@ class ErofsFilesystem(Filesystem):
             inode = self.inode(ino)
             return read_xattrs(self.image, self.sbi, inode, self.prefixes)
 
+    @_clean_errors
     def listxattr(self, ino: Ino) -> list[bytes]:
         return [name for name, _ in self._xattrs(ino)]
 
+    @_clean_errors
     def getxattr(self, ino: Ino, name: bytes) -> bytes:
         for n, value in self._xattrs(ino):
             if n == name:
                 return value
         raise NoAttributeError(f"{name.decode(errors='replace')}: no such attribute")
 
+    @_clean_errors
     def statfs(self) -> FsStat:
         sb = self.sbi.sb
         return FsStat(
@@ -355,6 +396,7 @@ class ErofsFilesystem(Filesystem):
             "extra_devices": sb.extra_devices,
         }
 
+    @_clean_errors
     def describe_inode(self, ino: Ino) -> dict[str, Any]:
         with self.lock:
             inode, zmap = self._load(self.nid_of(ino))

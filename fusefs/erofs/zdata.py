@@ -51,6 +51,8 @@ success and on failure alike.
 
 from __future__ import annotations
 
+import collections
+import itertools
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -66,6 +68,17 @@ from fusefs.vfs import ImageBytes, MemoryConfig
 from mmshim import PAGE_SIZE, Arena, Owner, Page, PageCache, is_contiguous
 
 PS = PAGE_SIZE
+PENDING_MAX = 32
+
+
+def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
+    """Do the half-open ``ranges`` cover ``[start, end)``?"""
+    cur = start
+    for a, b in sorted(ranges):
+        if a > cur:
+            break
+        cur = max(cur, b)
+    return cur >= end
 
 
 def order_for(nr_pages: int) -> int:
@@ -96,6 +109,10 @@ class PageReader:
         self.percpu_out: Page | None = None
         self.percpu_in: Page | None = None
         self.read_fragment: Callable[[int, int], bytes] | None = None
+        # pages partly written by one extent, waiting for their neighbour
+        self.pending: collections.OrderedDict[tuple[int, int], tuple[Page, list[tuple[int, int]]]]
+        self.pending = collections.OrderedDict()
+        self.pending_max = max(1, min(PENDING_MAX, self.arena.nr_pages // 32))
         if self.strategy == "percpu-buffer":
             try:
                 max_pcluster = self.sbi.compr.lz4_max_pclusterblks * self.sbi.block_size
@@ -173,17 +190,10 @@ class PageReader:
                 page = None
             if page is None:
                 if zmap is not None:
-                    self._fill_compressed(inode, zmap, p)
+                    page = self._fill_compressed(inode, zmap, p)
                 else:
                     assert mapper is not None
-                    self._fill_plain(inode, mapper, p, p1)
-                page = self.cache.find(nid, p)
-                if page is None or not page.is_uptodate:
-                    if page is not None:
-                        self.cache.release(page)
-                    raise CorruptImageError(
-                        f"page {p} could not be filled", structure="erofs data", nid=nid
-                    )
+                    page = self._fill_plain(inode, mapper, p, p1)
             try:
                 lo = max(offset, p * PS)
                 hi = min(end, (p + 1) * PS)
@@ -196,28 +206,34 @@ class PageReader:
 
     def _fill_plain(
         self, inode: ErofsInode, mapper: Callable[[int], Extent], p: int, p_end: int
-    ) -> None:
-        """Read pages ``p ..`` (up to the request's end, stopping at a cached one)
-        of an uncompressed file from the image."""
+    ) -> Page:
+        """Read page ``p`` and the following ones (up to the request's end,
+        stopping at a cached one) of an uncompressed file from the image;
+        returns page ``p`` with a reference for the caller."""
         nid = inode.nid
-        q = p
-        while q < p_end:
-            page = self._page(nid, q)
-            try:
-                if page.is_uptodate:
-                    if q == p:  # someone filled it meanwhile
-                        return
-                    break
-                if not page.is_locked:
-                    page.lock()
+        first = self._page(nid, p)
+        try:
+            q = p
+            while q < p_end:
+                page = first if q == p else self._page(nid, q)
                 try:
-                    self._copy_plain(inode, mapper, q, page)
-                    page.set_uptodate()
+                    if page.is_uptodate:
+                        break
+                    if not page.is_locked:
+                        page.lock()
+                    try:
+                        self._copy_plain(inode, mapper, q, page)
+                        page.set_uptodate()
+                    finally:
+                        page.unlock()
                 finally:
-                    page.unlock()
-            finally:
-                self.cache.release(page)
-            q += 1
+                    if page is not first:
+                        self.cache.release(page)
+                q += 1
+        except BaseException:
+            self.cache.release(first)
+            raise
+        return first
 
     def _copy_plain(
         self, inode: ErofsInode, mapper: Callable[[int], Extent], q: int, page: Page
@@ -236,9 +252,10 @@ class PageReader:
                 if ext.pa is None:
                     dst[:] = bytes(len(dst))
                 else:
-                    dst[:] = self.image.slice(
-                        ext.pa + pos - ext.la, stop - pos, structure="erofs data", nid=inode.nid
-                    )
+                    src = ext.pa + pos - ext.la
+                    self.image.check(src, stop - pos, structure="erofs data", nid=inode.nid)
+                    dst[:] = self.image.view[src : src + stop - pos]
+                dst.release()
                 pos = stop
             if end - q * PS < PS:
                 view[end - q * PS :] = bytes(PS - (end - q * PS))
@@ -247,19 +264,66 @@ class PageReader:
 
     # -- compressed files ----------------------------------------------------------
 
-    def _fill_compressed(self, inode: ErofsInode, zmap: ZMap, p: int) -> None:
-        """Decode every extent overlapping page ``p`` into the page cache."""
+    def _fill_compressed(self, inode: ErofsInode, zmap: ZMap, p: int) -> Page:
+        """Decode the extents overlapping page ``p`` that it does not hold yet
+        into the page cache; returns page ``p`` with a reference for the caller."""
+        nid = inode.nid
         lo, hi = p * PS, min((p + 1) * PS, inode.size)
+        rec = self.pending.get((nid, p))
+        have = rec[1] if rec is not None else []
         extents = []
         pos = lo
         while pos < hi:
             e = zmap.map(pos)
-            extents.append(e)
+            if not _covers(have, max(e.la, lo), min(e.end, hi)):
+                extents.append(e)
             pos = e.end
+        if not extents:
+            raise CorruptImageError(f"page {p} maps to no data", structure="erofs data", nid=nid)
         if self.strategy in ("vmap", "bounce"):
-            self._run_mapped(inode, extents)
+            page = self._run_mapped(inode, extents, p)
         else:
-            self._run_buffered(inode, extents)
+            page = self._run_buffered(inode, extents, p)
+        if not page.is_uptodate:
+            self.cache.release(page)
+            raise CorruptImageError(f"page {p} was not filled", structure="erofs data", nid=nid)
+        return page
+
+    def _settle(
+        self, inode: ErofsInode, touched: dict[int, Page], ranges: list[tuple[int, int]], want: int
+    ) -> Page:
+        """After ``ranges`` were written into ``touched`` pages: complete pages
+        become uptodate, partly written ones stay pending (with a reference,
+        so the bytes already there are not lost to eviction) until the
+        neighbouring extent fills them.  Returns ``want`` with a new reference."""
+        nid = inode.nid
+        for q, pg in touched.items():
+            if pg.is_uptodate:
+                continue
+            qs, qe = q * PS, min((q + 1) * PS, inode.size)
+            key = (nid, q)
+            rec = self.pending.get(key)
+            cov = (rec[1] if rec is not None else []) + [
+                (max(a, qs), min(b, qe)) for a, b in ranges if a < qe and b > qs
+            ]
+            if _covers(cov, qs, qe):
+                self._zero_tail(inode, q, pg)
+                pg.set_uptodate()
+                if rec is not None:
+                    del self.pending[key]
+                    self.cache.release(rec[0])
+            elif rec is not None:
+                self.pending[key] = (rec[0], cov)
+                self.pending.move_to_end(key)
+            elif cov:
+                self.arena.get_page(pg)
+                self.pending[key] = (pg, cov)
+        while len(self.pending) > self.pending_max:
+            _key, (old, _cov) = self.pending.popitem(last=False)
+            self.cache.release(old)
+        page = touched[want]
+        self.arena.get_page(page)
+        return page
 
     def _complete(self, inode: ErofsInode, q: int, a: int, b: int) -> bool:
         """Is page ``q`` wholly inside the decoded range ``[a, b)`` (or beyond EOF)?"""
@@ -273,20 +337,21 @@ class PageReader:
         if e.kind is ZKind.FRAGMENT:
             assert self.read_fragment is not None
             return memoryview(self.read_fragment(e.fragmentoff, e.llen))
-        disk = self.image.slice(e.pa, e.plen, structure="erofs pcluster", nid=nid)
+        self.image.check(e.pa, e.plen, structure="erofs pcluster", nid=nid)
+        disk = self.image.view  # the "device": copied from, never kept
         nin = -(-e.plen // PS)
         if self.strategy == "percpu-buffer":
             buf = self._grow("in", nin, nid)
             view = self.arena.folio_view(buf)
             stack.callback(view.release)
-            view[: e.plen] = disk
+            view[: e.plen] = disk[e.pa : e.pa + e.plen]
             return view[: e.plen]
         if self.strategy == "contig-folio":
             folio = self._alloc(order_for(nin), Owner.DECOMPRESS, nid, "compressed input folio")
             stack.callback(self.arena.free_pages, folio)
             view = self.arena.folio_view(folio)
             stack.callback(view.release)
-            view[: e.plen] = disk
+            view[: e.plen] = disk[e.pa : e.pa + e.plen]
             return view[: e.plen]
         pages = []
         for i in range(nin):
@@ -294,8 +359,8 @@ class PageReader:
             stack.callback(self.arena.free_pages, pg)
             pages.append(pg)
             v = self.arena.page_view(pg)
-            chunk = disk[i * PS : (i + 1) * PS]
-            v[: len(chunk)] = chunk
+            n = min(PS, e.plen - i * PS)
+            v[:n] = disk[e.pa + i * PS : e.pa + i * PS + n]
             v.release()
         if nin == 1:
             v = self.arena.page_view(pages[0])
@@ -360,10 +425,9 @@ class PageReader:
         self.counters.bytes_decompressed += e.llen
         self.counters.pclusters_decoded += 1
 
-    def _run_mapped(self, inode: ErofsInode, extents: list[ZExtent]) -> None:
+    def _run_mapped(self, inode: ErofsInode, extents: list[ZExtent], want: int) -> Page:
         """``vmap`` / ``bounce``: decode each pcluster through a mapping of its output pages."""
         nid = inode.nid
-        a, b = extents[0].la, extents[-1].end
         held: dict[int, Page] = {}
         locked: list[Page] = []
         try:
@@ -386,10 +450,7 @@ class PageReader:
                         view = self._map(out_stack, pages, nid, "decompressed output")
                         off = e.la - q0 * PS
                         self._decode(inode, e, src, view[off : off + e.llen])
-            for q, pg in held.items():
-                if not pg.is_uptodate and self._complete(inode, q, a, b):
-                    self._zero_tail(inode, q, pg)
-                    pg.set_uptodate()
+            return self._settle(inode, held, [(e.la, e.end) for e in extents], want)
         finally:
             for pg in locked:
                 pg.unlock()
@@ -403,9 +464,9 @@ class PageReader:
             v[used:] = bytes(PS - used)
             v.release()
 
-    def _run_buffered(self, inode: ErofsInode, extents: list[ZExtent]) -> None:
+    def _run_buffered(self, inode: ErofsInode, extents: list[ZExtent], want: int) -> Page:
         """``contig-folio`` / ``percpu-buffer``: decode into one contiguous buffer, then
-        insert it as a folio or copy the complete pages out."""
+        insert it as a folio or copy the decoded bytes out into order-0 pages."""
         nid = inode.nid
         a, b = extents[0].la, extents[-1].end
         q0, q1 = a // PS, -(-b // PS)
@@ -433,29 +494,43 @@ class PageReader:
                     self._decode(inode, e, src, view[off : off + e.llen])
             end_in_buf = b - q0 * PS
             if b >= inode.size:  # erofs: bytes past EOF read as zeros
-                view[end_in_buf : (folio.nr_pages) * PS] = bytes(folio.nr_pages * PS - end_in_buf)
-            if self.strategy == "contig-folio" and self._insert_folio(inode, folio, q0, a, b):
+                view[end_in_buf : folio.nr_pages * PS] = bytes(folio.nr_pages * PS - end_in_buf)
+            contiguous = all(x.end == y.la for x, y in itertools.pairwise(extents))
+            if (
+                self.strategy == "contig-folio"
+                and contiguous
+                and self._insert_folio(inode, folio, q0, a, b)
+            ):
                 own[0] = False
                 self.arena.free_pages(folio)  # the page cache holds its own reference now
-                return
-            for q in range(q0, q1):
-                if not self._complete(inode, q, a, b):
-                    continue
-                pg = self._page(nid, q)
-                try:
+                page = self.cache.find(nid, want)
+                assert page is not None
+                return page
+            ranges = [(e.la, e.end) for e in extents]
+            touched: dict[int, Page] = {}
+            try:
+                for q in range(q0, q1):
+                    qs, qe = q * PS, min((q + 1) * PS, inode.size)
+                    parts = [(max(x, qs), min(y, qe)) for x, y in ranges if x < qe and y > qs]
+                    if not parts:
+                        continue
+                    pg = self._page(nid, q)
+                    touched[q] = pg
                     if pg.is_uptodate:
                         continue
                     if not pg.is_locked:
                         pg.lock()
                     try:
                         v = self.arena.page_view(pg)
-                        v[:] = view[(q - q0) * PS : (q - q0 + 1) * PS]
+                        for x, y in parts:
+                            v[x - qs : y - qs] = view[x - q0 * PS : y - q0 * PS]
+                            self.counters.copy_bytes += y - x
                         v.release()
-                        self.counters.copy_bytes += PS
-                        pg.set_uptodate()
                     finally:
                         pg.unlock()
-                finally:
+                return self._settle(inode, touched, ranges, want)
+            finally:
+                for pg in touched.values():
                     self.cache.release(pg)
 
     def _insert_folio(self, inode: ErofsInode, folio: Page, q0: int, a: int, b: int) -> bool:
@@ -498,6 +573,9 @@ class PageReader:
     def close(self) -> None:
         if self.arena.closed:
             return
+        while self.pending:
+            _key, (pg, _cov) = self.pending.popitem()
+            self.cache.release(pg)
         for buf in (self.percpu_in, self.percpu_out):
             if buf is not None:
                 self.arena.free_pages(buf)
