@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mounter, missing_kernel_erofs, mkfs_erofs, nommufs
+from tests.erofs.helpers import rich_tree_for_mkfs
 from tests.trees import Entry, diff_trees, snapshot
 
 # (id, mkfs.erofs options, nommufs memory options)
@@ -24,13 +25,14 @@ VARIANTS = [
         ["--mm", "nommu-contig", "--decompress", "contig-folio", "--arena", "256M"],
     ),
     (
-        "lz4-4k-legacy-compact",
-        ["-zlz4", "-C4096", "-Elegacy-compress,force-inode-compact"],
+        "lz4-4k-legacy-compact-allroot",
+        # compact inodes cannot hold uid 100000: --all-root
+        ["-zlz4", "-C4096", "-Elegacy-compress,force-inode-compact", "--all-root"],
         ["--mm", "nommu-bounce", "--decompress", "bounce", "--arena", "64M"],
     ),
     (
-        "lz4hc-16k-extended-T-allroot",
-        ["-zlz4hc", "-C16384", "-Eforce-inode-extended", "-T1000000000", "--all-root"],
+        "lz4hc-16k-extended-T",
+        ["-zlz4hc", "-C16384", "-Eforce-inode-extended", "-T1000000000"],
         ["--mm", "mmu", "--decompress", "percpu-buffer"],
     ),
     ("plain-noinline", ["-Enoinline_data"], ["--mm", "nommu-contig", "--arena", "16M"]),
@@ -50,6 +52,12 @@ def _params(*, only_fast: bool = False) -> list[object]:
         for v in VARIANTS
         if v[0] in FAST or not only_fast
     ]
+
+
+@pytest.fixture(scope="module")
+def rich_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The rich tree as mkfs.erofs 1.5 can take it (no 255-byte name)."""
+    return rich_tree_for_mkfs(tmp_path_factory.mktemp("rich") / "tree")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +90,7 @@ def _prepare(
         )
     if name not in kernel_views:
         kernel_views[name] = snapshot(module_mounter.kernel_erofs(images[name]))
+        assert len(kernel_views[name]) > 3000  # the whole rich tree is there
     return images[name], kernel_views[name]
 
 
