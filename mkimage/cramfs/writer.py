@@ -246,6 +246,8 @@ class CramfsWriter:
                 pos += d.size
             else:
                 d.size = 0
+        # mkfs.cramfs and both fscks: the root points at 76 (588) even when empty
+        root.offset = self.start + CRAMFS_SB_SIZE
         dir_end = pos
         out = bytearray(dir_end)
         # data records in depth-first tree order

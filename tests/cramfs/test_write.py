@@ -1,0 +1,184 @@
+"""Images nommufs writes: util-linux fsck.cramfs, read-back, reproducibility, limits, XIP layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from fusefs.cramfs.data import BlockMap
+from fusefs.cramfs.format import CRAMFS_BLOCK_SIZE
+from fusefs.cramfs.fs import CramfsFilesystem
+from fusefs.errors import BuildError
+from fusefs.vfs import Ino, MemoryConfig, open_image, resolve
+from tests.cramfs.helpers import (
+    CRAMFS_FIELDS,
+    IS_ROOT,
+    LONG_NAMES,
+    compare,
+    expected,
+    fsck_cramfs,
+    mkimage,
+)
+from tests.trees import diff_trees, snapshot
+
+HAVE_FSCK = shutil.which("fsck.cramfs") is not None
+
+PLAIN = [
+    ("default", ()),
+    ("holes", ("-z",)),
+    ("pad-big", ("-p", "-N", "big")),
+    ("edition-name", ("-e", "9", "-n", "label", "-c", "zlib,9")),
+    ("all-root", ("-q",)),
+]
+EXTENDED = [
+    ("x", ("-x", "-z")),
+    ("X", ("-X",)),
+    ("XX", ("-X", "-X", "-N", "big")),
+    ("XX-glob", ("-X", "-X", "--xip", "*.sh", "--xip", "files/random-4096")),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "options"), PLAIN + EXTENDED, ids=[o[0] for o in PLAIN + EXTENDED]
+)
+def test_image_reads_back_like_the_source(
+    label: str,
+    options: tuple[str, ...],
+    cram_tree: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = mkimage(cram_tree, tmp_path / f"{label}.img", *options)
+    warnings = capsys.readouterr().err
+    if "-q" in options:
+        exp = expected(cram_tree)
+        for e in exp.values():
+            e.uid = e.gid = 0
+        with open_image(image) as fs:
+            from tests.trees import snapshot_fs
+
+            assert diff_trees(exp, snapshot_fs(fs, xattrs=False), fields=CRAMFS_FIELDS) == []
+    else:
+        assert compare(cram_tree, image) == []
+    # every loss is reported: the long names, and (as root) the big uid/gid
+    for name in LONG_NAMES:
+        assert f"names/{name}: name of {len(name.encode())} bytes truncated" in warnings
+    if IS_ROOT and "-q" not in options:
+        assert "perms/owned-big: uid 100000 truncated to 34464" in warnings
+        assert "perms/owned-big: gid 70000 truncated to 112" in warnings
+    with open_image(image) as fs:
+        assert list(fs.fsck_extra()) == []
+    if (label, options) in PLAIN and HAVE_FSCK:
+        extracted = tmp_path / "fsck-extract"
+        r = fsck_cramfs(image, extracted)
+        assert r.returncode == 0, r.stderr
+        # util-linux's own extraction agrees with the source on data and types
+        exp = expected(cram_tree)
+        got = snapshot(extracted, xattrs=False)
+        fields = ("target", "data_sha") + (() if not IS_ROOT else ("rdev",))
+        assert diff_trees(exp, got, fields=fields, ignore_paths=["."]) == []
+
+
+def test_reproducible(cram_tree: Path, tmp_path: Path) -> None:
+    for opts in ((), ("-X", "-X", "-z", "-p")):
+        a = mkimage(cram_tree, tmp_path / "a.img", *opts).read_bytes()
+        b = mkimage(cram_tree, tmp_path / "b.img", *opts).read_bytes()
+        assert a == b
+
+
+def _blockmap(fs: CramfsFilesystem, path: str) -> BlockMap:
+    ino = resolve(fs, path)
+    return fs._blockmap(Ino(ino))
+
+
+@pytest.mark.parametrize("xx", [1, 2])
+def test_xip_files_are_aligned_and_contiguous(xx: int, cram_tree: Path, tmp_path: Path) -> None:
+    image = mkimage(cram_tree, tmp_path / "xip.img", *(["-X"] * xx))
+    with open_image(image, MemoryConfig(arena_bytes=1 << 22)) as fs:
+        assert isinstance(fs, CramfsFilesystem)
+        assert "ext_block_pointers" in fs.describe()["features"]
+        bm = _blockmap(fs, "bin/true")
+        exts = [bm.extent(i) for i in range(bm.nr)]
+        assert all(e.uncompressed and e.direct for e in exts)
+        first = exts[0].start
+        assert first % (4096 if xx == 2 else 8) == 0
+        assert [e.start for e in exts] == [first + i * 4096 for i in range(bm.nr)]
+        assert fs.xip_pages(resolve(fs, "bin/true")) == (first, bm.nr)
+        if xx == 2:
+            # the rest of the last page is zero, so the last page maps in place too
+            tail = bytes(fs.image.view[exts[-1].start + exts[-1].length : first + bm.nr * 4096])
+            assert tail == bytes(len(tail))
+        # page-multiple XIP file: last block raw but not direct (kernel reads U+D there as a hole)
+        pm = _blockmap(fs, "bin/pagemult")
+        pexts = [pm.extent(i) for i in range(pm.nr)]
+        assert all(e.direct for e in pexts[:-1])
+        assert pexts[-1].uncompressed and not pexts[-1].direct
+        assert pexts[-1].start == pexts[-2].start + 4096
+        # the script is not ELF: compressed as usual
+        sh = _blockmap(fs, "bin/script.sh")
+        assert not sh.extent(0).direct
+        assert fs.describe()["xip_files"] == 2
+    assert compare(cram_tree, image) == []
+
+
+def test_util_linux_fsck_rejects_extended_pointers_ours_accepts(
+    cram_tree: Path, tmp_path: Path
+) -> None:
+    image = mkimage(cram_tree, tmp_path / "x.img", "-X", "-X")
+    if HAVE_FSCK:
+        assert fsck_cramfs(image).returncode != 0  # "unsupported filesystem features"
+    with open_image(image) as fs:
+        assert list(fs.fsck_extra()) == []
+
+
+def _run(src: Path, out: Path, *opts: str) -> None:
+    mkimage(src, out, *opts)
+
+
+def test_too_large_file_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "huge", "wb") as f:
+        f.truncate(1 << 24)
+    out = tmp_path / "out.img"
+    with pytest.raises(BuildError, match=r"huge: 16777216 bytes is more than cramfs's 16777215"):
+        _run(src, out)
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="creating device nodes needs root")
+def test_big_device_numbers_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mknod(src / "big", 0o600 | stat.S_IFCHR, os.makedev(300, 7))
+    with pytest.raises(BuildError, match=r"big: device 300:7 does not fit"):
+        _run(src, tmp_path / "out.img")
+    assert not (tmp_path / "out.img").exists()
+
+
+def test_bad_flags(tmp_path: Path) -> None:
+    import argparse
+
+    from mkimage.cramfs import cli
+
+    p = argparse.ArgumentParser(exit_on_error=False)
+    cli.add_arguments(p)
+    for bad in (["-b", "8192"], ["-c", "lz4"], ["-e", "x"], ["-c", "zlib,12"]):
+        with pytest.raises((argparse.ArgumentError, SystemExit)):
+            p.parse_args([*bad, "src", "out"])
+    with pytest.raises(BuildError, match="--xip needs -X"):
+        cli.run(p.parse_args(["--xip", "*", str(tmp_path), str(tmp_path / "o.img")]))
+
+
+def test_empty_tree(tmp_path: Path) -> None:
+    src = tmp_path / "empty"
+    src.mkdir()
+    image = mkimage(src, tmp_path / "e.img")
+    assert os.path.getsize(image) == 4096
+    if HAVE_FSCK:
+        assert fsck_cramfs(image, tmp_path / "x").returncode == 0
+    assert compare(src, image) == []
