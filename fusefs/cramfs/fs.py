@@ -52,7 +52,7 @@ from fusefs.errors import (
     OutOfMemoryError,
 )
 from fusefs.vfs import Attr, DirEntry, Filesystem, FsStat, ImageBytes, Ino, MemoryConfig
-from mmshim import AllocError, Arena, Page, PageCache
+from mmshim import AllocError, Arena, MmshimError, Page, PageCache
 from mmshim.flash import Flash
 
 _FLAG_NAMES = {
@@ -467,9 +467,12 @@ class CramfsFilesystem(Filesystem):
         return cmmap.CramfsMappedFile(self, ino, node.inode.size)
 
     def close(self) -> None:
+        """Close the image; FsError if mappings or page references were leaked."""
         try:
             self.cache.close()
             self.arena.close()
+        except MmshimError as e:
+            raise FsError(f"cramfs: closing the image: {e}") from e
         finally:
             self.flash.release()
             super().close()

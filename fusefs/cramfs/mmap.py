@@ -48,11 +48,11 @@ def block_range(bm: BlockMap, pgoff: int, pages: int | None = None) -> tuple[int
     while k < limit and bm.pointers[pgoff + k] == (first + k * _STEP) | CRAMFS_BLK_FLAGS:
         k += 1
     start = first << CRAMFS_BLK_DIRECT_PTR_SHIFT
-    # every block of the run must lie inside the filesystem
-    bm.extent(pgoff)
-    if start + k * CRAMFS_BLOCK_SIZE > bm.si.size:
-        k = (bm.si.size - start) // CRAMFS_BLOCK_SIZE
-    return start, max(k, 0)
+    if k:
+        # the run is contiguous: its first and last blocks inside the filesystem bound it all
+        bm.extent(pgoff)
+        bm.extent(pgoff + k - 1)
+    return start, k
 
 
 class CramfsMappedFile:

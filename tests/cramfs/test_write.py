@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from fusefs.cramfs.data import BlockMap
-from fusefs.cramfs.format import CRAMFS_BLOCK_SIZE
 from fusefs.cramfs.fs import CramfsFilesystem
 from fusefs.errors import BuildError
 from fusefs.vfs import Ino, MemoryConfig, open_image, resolve
