@@ -481,7 +481,7 @@ class ErofsFilesystem(Filesystem):
                         todo.append((rec.nid, nid))
                     elif child.is_compressed:
                         try:
-                            self._load(rec.nid)[1].extents()  # type: ignore[union-attr]
+                            self._load(rec.nid)[1].verify()  # type: ignore[union-attr]
                         except FsError as e:
                             yield f"nid {rec.nid} ({name!r}): {e}"
                 if dots.get(b".") != nid:

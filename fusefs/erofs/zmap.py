@@ -306,3 +306,27 @@ class ZMap:
             out.append(e)
             la = e.end
         return out
+
+    def verify(self) -> None:
+        """Map the start of every lcluster and check it agrees with the extent
+        list (fsck): a corrupt index that reads of whole extents would never
+        visit still raises CorruptImageError here."""
+        extents = self.extents()
+        if self.whole_fragment:
+            return
+        i = 0
+        for lcn in range(self.total):
+            la = lcn * self.lcsize
+            if la >= self.size:
+                break
+            while i < len(extents) and extents[i].end <= la:
+                i += 1
+            e = self.map(la)
+            if i >= len(extents) or (e.la, e.llen, e.pa) != (
+                extents[i].la,
+                extents[i].llen,
+                extents[i].pa,
+            ):
+                raise self._bad(
+                    f"lcluster {lcn} maps to extent [{e.la}, {e.end}), not the file's extent list"
+                )
