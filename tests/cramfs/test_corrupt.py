@@ -16,7 +16,7 @@ from fusefs.cramfs.fs import CramfsFilesystem
 from fusefs.errors import CorruptImageError, FsError
 from fusefs.vfs import MemoryConfig, open_image, walk
 from mmshim.mmap import MAP_PRIVATE, PROT_READ, AddressSpace, MmapError
-from tests.cramfs.helpers import ELF, mkimage, mkfs_cramfs
+from tests.cramfs.helpers import ELF, mkfs_cramfs, mkimage
 from tests.trees import build_small_tree
 
 
