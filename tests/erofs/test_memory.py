@@ -15,7 +15,7 @@ import pytest
 
 from fusefs.erofs.fs import ErofsFilesystem
 from fusefs.errors import OutOfMemoryError
-from fusefs.vfs import MM_MODES, STRATEGIES, MemoryConfig, open_image, walk
+from fusefs.vfs import MM_MODES, STRATEGIES, Filesystem, Ino, MemoryConfig, open_image, walk
 from mmshim import Owner, Page
 from tests.conftest import mkfs_erofs
 from tests.trees import build_small_tree
@@ -95,7 +95,7 @@ def fragmented(fs: ErofsFilesystem) -> Iterator[None]:
             arena.free_pages(p)
 
 
-def _big(fs: ErofsFilesystem) -> tuple[int, int]:
+def _big(fs: Filesystem) -> tuple[Ino, int]:
     from fusefs.vfs import resolve
 
     ino = resolve(fs, "big1.txt")
@@ -157,7 +157,7 @@ def test_tiny_arena_fails_cleanly_and_small_one_works(image: Path, tree: Path) -
     with open_image(
         image, MemoryConfig(mm="nommu-contig", decompress="vmap", arena_bytes=64 << 10)
     ) as fs:
-        ino, _ = _big(fs)  # type: ignore[arg-type]
+        ino, _ = _big(fs)
         with pytest.raises(OutOfMemoryError):
             fs.read(ino, 0, 1 << 20)
     # 1536K as on the small board: pages are evicted and reused, reads still right
