@@ -181,7 +181,7 @@ class PageReader:
         if offset >= end:
             return b""
         nid = inode.nid
-        out = bytearray(end - offset)
+        out = bytearray()  # grown page by page: a hostile i_size allocates nothing up front
         p0, p1 = offset // PS, (end - 1) // PS + 1
         for p in range(p0, p1):
             page = self.cache.find(nid, p)
@@ -198,7 +198,7 @@ class PageReader:
                 lo = max(offset, p * PS)
                 hi = min(end, (p + 1) * PS)
                 view = self.arena.page_view(page)
-                out[lo - offset : hi - offset] = view[lo - p * PS : hi - p * PS]
+                out += view[lo - p * PS : hi - p * PS]
                 view.release()
             finally:
                 self.cache.release(page)
