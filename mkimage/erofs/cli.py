@@ -1,0 +1,197 @@
+"""``nommufs mkimage erofs [options] OUT SRC`` with mkfs.erofs spellings."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from typing import Final
+
+from fusefs.erofs.format import Z_EROFS_PCLUSTER_MAX_SIZE
+from fusefs.errors import BuildError
+from mkimage.erofs.compress import ALGORITHMS, parse_codec
+from mkimage.erofs.writer import EXTENDED_OPTIONS, ErofsOptions, build_erofs
+from mkimage.tree import ScanOptions, atomic_output, scan
+
+NAME: Final = "erofs"
+HELP: Final = "build an EROFS image the Linux kernel mounts"
+KERNEL_MAX_BLOCK: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+PROGRESS_MIN_FILES: Final = 2000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT", help="image file to write (replaced atomically)")
+    parser.add_argument("src", metavar="SRC", help="source directory (or tar file with --tar)")
+    parser.add_argument(
+        "-z",
+        dest="compress",
+        default="none",
+        metavar="ALG[,LEVEL]",
+        help=f"compressor: none, {', '.join(ALGORITHMS)} (default: none)",
+    )
+    parser.add_argument(
+        "-C", dest="pcluster", type=int, metavar="BYTES",
+        help="physical cluster size: power of two, 4096..1 MiB (default: block size)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-b", dest="block_size", type=int, default=4096, metavar="BLOCKSIZE",
+        help="block size: power of two, 512..65536 (default 4096; the kernel mounts "
+        "block sizes up to its page size)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-E", dest="extended", action="append", default=[], metavar="OPT[,OPT...]",
+        help=f"extended options: {', '.join(EXTENDED_OPTIONS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "-T", dest="epoch", type=int, metavar="EPOCH",
+        help="build time and every file's mtime (seconds since 1970); "
+        "default $SOURCE_DATE_EPOCH (build time only) or now",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mkfs-time", action="store_true",
+        help="with -T: set only the build time, keep the files' own mtimes",
+    )  # fmt: skip
+    parser.add_argument("-U", dest="uuid", metavar="UUID", help="volume UUID")
+    parser.add_argument("-L", dest="label", metavar="LABEL", help="volume label (<= 15 bytes)")
+    parser.add_argument("--all-root", action="store_true", help="make every file owned by root")
+    parser.add_argument("--force-uid", type=int, metavar="UID", help="set every file's uid")
+    parser.add_argument("--force-gid", type=int, metavar="GID", help="set every file's gid")
+    parser.add_argument(
+        "--exclude-path", action="append", default=[], metavar="PATH",
+        help="leave out PATH (relative to SRC; repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--exclude-regex", action="append", default=[], metavar="REGEX",
+        help="leave out paths (relative to SRC) matching REGEX (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device-table", metavar="FILE",
+        help="mkcramfs/makedevs table: name type mode uid gid major minor start inc count",
+    )  # fmt: skip
+    parser.add_argument("--tar", action="store_true", help="SRC is a tar file")
+    parser.add_argument(
+        "-j", "--workers", type=int, default=0, metavar="N",
+        help="compression threads (default: one per CPU)",
+    )  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+
+def _power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptions]:
+    """Validate the command line into scan and build options (BuildError on a bad one)."""
+    codec = parse_codec(args.compress)
+    bs = args.block_size
+    if not _power_of_two(bs) or not 512 <= bs <= 65536:
+        raise BuildError(f"-b {bs}: block size must be a power of two in 512..65536")
+    if bs > KERNEL_MAX_BLOCK:
+        print(
+            f"mkimage erofs: warning: -b {bs}: this kernel mounts block sizes up to "
+            f"{KERNEL_MAX_BLOCK} (its page size) only",
+            file=sys.stderr,
+        )
+    pcluster = args.pcluster if args.pcluster is not None else max(bs, 4096)
+    if not _power_of_two(pcluster) or not 4096 <= pcluster <= Z_EROFS_PCLUSTER_MAX_SIZE:
+        raise BuildError(
+            f"-C {pcluster}: must be a power of two in 4096..{Z_EROFS_PCLUSTER_MAX_SIZE}"
+        )
+    if pcluster < bs:
+        raise BuildError(f"-C {pcluster}: smaller than the block size {bs}")
+    extended: set[str] = set()
+    for group in args.extended:
+        for opt in group.split(","):
+            opt = opt.strip()
+            if not opt:
+                continue
+            if opt not in EXTENDED_OPTIONS:
+                raise BuildError(f"-E {opt}: unknown extended option")
+            extended.add(opt)
+    if {"force-inode-compact", "force-inode-extended"} <= extended:
+        raise BuildError("-E force-inode-compact and force-inode-extended exclude each other")
+    if "legacy-compress" in extended and codec is not None and pcluster > bs:
+        raise BuildError("-E legacy-compress: no big pclusters (-C must be the block size)")
+    fixed = True
+    all_mtimes = None
+    if args.epoch is not None:
+        build_time = args.epoch
+        if not args.mkfs_time:
+            all_mtimes = args.epoch
+    elif os.environ.get("SOURCE_DATE_EPOCH"):
+        try:
+            build_time = int(os.environ["SOURCE_DATE_EPOCH"])
+        except ValueError:
+            raise BuildError("SOURCE_DATE_EPOCH is not a number") from None
+    else:
+        build_time = int(time.time())
+        fixed = False
+    if not 0 <= build_time < 1 << 63:
+        raise BuildError(f"-T {build_time}: out of range")
+    uuid = None
+    if args.uuid:
+        try:
+            uuid = uuidlib.UUID(args.uuid).bytes
+        except ValueError:
+            raise BuildError(f"-U {args.uuid}: not a UUID") from None
+    label = os.fsencode(args.label or "")
+    if len(label) > 15:
+        raise BuildError(f"-L {args.label}: longer than 15 bytes")
+    for flag, value in (("--force-uid", args.force_uid), ("--force-gid", args.force_gid)):
+        if value is not None and not 0 <= value <= 0xFFFFFFFF:
+            raise BuildError(f"{flag} {value}: out of range")
+    scan_opts = ScanOptions(
+        exclude_paths=tuple(args.exclude_path),
+        exclude_regex=tuple(args.exclude_regex),
+        all_root=args.all_root,
+        force_uid=args.force_uid,
+        force_gid=args.force_gid,
+        device_table=args.device_table,
+        tar=args.tar,
+        new_node_mtime_ns=build_time * 1_000_000_000,
+    )
+    opts = ErofsOptions(
+        codec=codec,
+        pcluster_size=pcluster,
+        block_size=bs,
+        extended=frozenset(extended),
+        build_time=build_time,
+        fixed_time=fixed,
+        all_mtimes=all_mtimes,
+        uuid=uuid,
+        label=label,
+        workers=max(args.workers, 0),
+    )
+    return scan_opts, opts
+
+
+def _progress_bar() -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        width = 40
+        filled = width * done // max(total, 1)
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files{end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    scan_opts, opts = options_from_args(args)
+    with scan(args.src, scan_opts) as tree:
+        nfiles = sum(1 for n in tree.walk() if n.is_reg)
+        if not args.quiet and sys.stderr.isatty() and nfiles >= PROGRESS_MIN_FILES:
+            opts = dataclasses.replace(opts, progress=_progress_bar())
+        with atomic_output(args.out) as f:
+            report = build_erofs(tree, opts, f)
+    if not args.quiet:
+        size = report.blocks * report.block_size
+        print(
+            f"{args.out}: {size} bytes, {report.blocks} blocks of {report.block_size}, "
+            f"{report.inodes} inodes, {report.compressed_files} compressed files"
+        )
+    return 0

@@ -1,0 +1,171 @@
+"""Compressors with a fixed-size output, and the cutting of a file into extents.
+
+EROFS pclusters have a fixed *output* size (``-C``): each compressor takes
+as much input as fits in that many bytes.  LZ4 does it natively
+(``LZ4_compress_destSize`` / ``LZ4_compress_HC_destSize``); zstd and DEFLATE
+get it by a few bisection steps on the input length.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import zstandard
+
+from fusefs import _liblz4
+from fusefs.erofs.format import (
+    Z_EROFS_COMPRESSION_DEFLATE,
+    Z_EROFS_COMPRESSION_LZ4,
+    Z_EROFS_COMPRESSION_ZSTD,
+    Z_EROFS_PCLUSTER_MAX_SIZE,
+    round_up,
+)
+from fusefs.errors import BuildError
+
+# name -> (algorithm id, default level, level range)
+ALGORITHMS: Final[dict[str, tuple[int, int | None, tuple[int, int]]]] = {
+    "lz4": (Z_EROFS_COMPRESSION_LZ4, None, (0, 0)),
+    "lz4hc": (Z_EROFS_COMPRESSION_LZ4, _liblz4.LZ4HC_CLEVEL_DEFAULT, (1, _liblz4.LZ4HC_CLEVEL_MAX)),
+    "zstd": (Z_EROFS_COMPRESSION_ZSTD, 3, (1, 22)),
+    "deflate": (Z_EROFS_COMPRESSION_DEFLATE, 6, (0, 9)),
+}
+
+# Decoded bytes one extent may hold: bounded so that one extent never needs
+# more than this in memory (the kernel allows up to 12 MiB).
+MAX_EXTENT_BYTES: Final = Z_EROFS_PCLUSTER_MAX_SIZE
+
+# A destsize function: (input window, output capacity) -> (stream, consumed).
+DestSize = Callable[[memoryview, int], tuple[bytes, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """One ``-z ALG[,LEVEL]`` choice."""
+
+    name: str
+    algorithm: int
+    level: int | None
+    zstd_window_log: int = 20
+
+    def destsize(self) -> DestSize:
+        """A fresh destsize function for one thread (compressor objects are not shared)."""
+        if self.name == "lz4":
+            return lambda src, cap: _liblz4.compress_destsize(src, cap, None)
+        if self.name == "lz4hc":
+            level = self.level
+            return lambda src, cap: _liblz4.compress_destsize(src, cap, level)
+        if self.name == "zstd":
+            params = zstandard.ZstdCompressionParameters.from_level(
+                self.level or 3, window_log=self.zstd_window_log, write_checksum=0,
+                write_content_size=1,
+            )  # fmt: skip
+            cctx = zstandard.ZstdCompressor(compression_params=params)
+            return _bisected(lambda b: cctx.compress(b))
+        level = self.level if self.level is not None else 6
+
+        def deflate(b: bytes | memoryview) -> bytes:
+            c = zlib.compressobj(level, zlib.DEFLATED, -15)
+            out = c.compress(b) + c.flush()
+            # erofs: a 0PADDING stream must not start with 0; bit 3 of a
+            # stored block's first byte is padding that inflate ignores
+            if out[:1] == b"\0":
+                out = b"\x08" + out[1:]
+            return out
+
+        return _bisected(deflate)
+
+
+def parse_codec(text: str) -> Codec | None:
+    """``ALG[,LEVEL]`` as ``-z`` spells it; None for ``none``."""
+    name, _, level_text = text.partition(",")
+    name = name.strip().lower()
+    if name == "none" and not level_text:
+        return None
+    if name not in ALGORITHMS:
+        raise BuildError(f"-z {text}: unknown compressor {name!r} (none, {', '.join(ALGORITHMS)})")
+    alg, default, (lo, hi) = ALGORITHMS[name]
+    level = default
+    if level_text:
+        if name == "lz4":
+            raise BuildError(f"-z {text}: lz4 takes no level (use lz4hc,LEVEL)")
+        try:
+            level = int(level_text)
+        except ValueError:
+            raise BuildError(f"-z {text}: level {level_text!r} is not a number") from None
+        if not lo <= level <= hi:
+            raise BuildError(f"-z {text}: level must be in {lo}..{hi}")
+    return Codec(name, alg, level)
+
+
+def _bisected(compress: Callable[[bytes | memoryview], bytes]) -> DestSize:
+    """Destsize by search: the longest input prefix whose stream fits ``cap``.
+
+    A first try on the whole window gives the ratio; then a few bisection
+    steps (each one compression) narrow the length to within 1/64 of the
+    best; the best fitting result is kept.  Deterministic: depends only on
+    the input bytes."""
+
+    def destsize(src: memoryview, cap: int) -> tuple[bytes, int]:
+        n = len(src)
+        out = compress(src)
+        if len(out) <= cap:
+            return out, n
+        best: tuple[bytes, int] = (b"", 0)
+        lo, hi = 0, n  # a prefix of lo bytes fits (or lo is 0), of hi bytes does not
+        guess = n * cap * 63 // (64 * len(out))
+        for _ in range(8):
+            guess = max(lo + 1, min(guess, hi - 1))
+            if guess >= hi:
+                break
+            out = compress(src[:guess])
+            if len(out) <= cap:
+                lo, best = guess, (out, guess)
+            else:
+                hi = guess
+            if hi - lo <= max(64, hi >> 6):
+                break
+            guess = (lo + hi) // 2
+        return best
+
+    return destsize
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """One extent of a compressed file: logical bytes ``[la, la + llen)``
+    stored in a pcluster of ``len(payload)`` bytes (a multiple of the block
+    size).  ``compressed`` False means the raw bytes at pcluster offset 0."""
+
+    la: int
+    llen: int
+    payload: bytes
+    compressed: bool
+
+
+def cut_extents(
+    data: bytearray, destsize: DestSize, pcluster: int, block: int, *, zero_padding: bool
+) -> list[Extent]:
+    """Cut a file into extents, mkfs-style: each pcluster holds as much input
+    as fits in ``pcluster`` bytes; a pcluster that would not save a block is
+    stored uncompressed, one block at a time."""
+    extents: list[Extent] = []
+    mv = memoryview(data)
+    pos, size = 0, len(data)
+    while pos < size:
+        window = mv[pos : min(size, pos + MAX_EXTENT_BYTES)]
+        stream, consumed = destsize(window, pcluster)
+        plen = round_up(len(stream), block)
+        # erofs: keep a compressed pcluster only if it is shorter than what it decodes to
+        if consumed > 0 and stream and plen < consumed:
+            pad = plen - len(stream)
+            payload = bytes(pad) + stream if zero_padding else stream + bytes(pad)
+            extents.append(Extent(pos, consumed, payload, True))
+            pos += consumed
+            continue
+        llen = min(block, size - pos)
+        extents.append(Extent(pos, llen, bytes(mv[pos : pos + llen]) + bytes(block - llen), False))
+        pos += llen
+    return extents

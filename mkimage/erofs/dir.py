@@ -1,0 +1,26 @@
+"""Directory data: sorted dirents (``.`` and ``..`` included) packed in blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fusefs.erofs.format import dirent_blocks, pack_dirent_block
+
+# (name, nid, file_type); the nid is 0 while sizes are computed
+DirEntry = tuple[bytes, int, int]
+
+
+def dir_size(entries: Sequence[DirEntry], block_size: int) -> int:
+    """i_size of a directory: full blocks, plus the used bytes of the last one."""
+    blocks = dirent_blocks(sorted(entries), block_size)
+    return (len(blocks) - 1) * block_size + len(pack_dirent_block(blocks[-1]))
+
+
+def dir_bytes(entries: Sequence[DirEntry], block_size: int) -> bytes:
+    """The directory's data (i_size bytes): each block zero-filled but the last."""
+    blocks = dirent_blocks(sorted(entries), block_size)
+    out = bytearray()
+    for i, blk in enumerate(blocks):
+        raw = pack_dirent_block(blk)
+        out += raw if i == len(blocks) - 1 else raw + bytes(block_size - len(raw))
+    return bytes(out)

@@ -1,0 +1,131 @@
+"""Per-inode plans: which core (compact/extended), which data layout, and
+how many bytes the inode takes in the metadata area; then its encoding."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+from fusefs.erofs.format import (
+    EROFS_INODE_LAYOUT_COMPACT,
+    EROFS_INODE_LAYOUT_EXTENDED,
+    CompactInode,
+    DataLayout,
+    ExtendedInode,
+    MapHeader,
+    i_format,
+    new_encode_dev,
+    round_up,
+    xattr_icount,
+)
+from mkimage.erofs.zmap import Lcluster
+from mkimage.tree import Node
+
+U16 = 0xFFFF
+U32 = 0xFFFFFFFF
+
+
+@dataclass(slots=True)
+class Inode:
+    """One inode of the image (all names of a hard link share it)."""
+
+    node: Node
+    ino: int
+    mtime_ns: int
+    xattr_body: bytes = b""
+    extended: bool = False
+    compact_mtime: int = 0  # i_mtime of a compact inode (seconds after the epoch)
+    layout: DataLayout = DataLayout.EROFS_INODE_FLAT_PLAIN
+    size: int = 0
+    inline: bytes = b""  # FLAT_INLINE tail
+    data_blocks: int = 0  # blocks in a data region
+    startblk: int = 0
+    # compressed files
+    map_header: MapHeader | None = None
+    lclusters: list[Lcluster] = field(default_factory=list)
+    compact: bool = False
+    two_b: bool = False
+    big: bool = False
+    physical_blocks: int = 0
+    # chunk-based files: block of each chunk relative to startblk, None = hole
+    chunks: list[int | None] = field(default_factory=list)
+    nid: int = 0
+    trailer: bytes = b""
+
+    @property
+    def core_size(self) -> int:
+        return ExtendedInode.SIZE if self.extended else CompactInode.SIZE
+
+    @property
+    def base_size(self) -> int:
+        """Core plus inline xattrs: where trailers (tail, map, chunk table) start."""
+        return self.core_size + len(self.xattr_body)
+
+
+def choose_core(ino: Inode, epoch: int, *, force_compact: bool, force_extended: bool) -> None:
+    """Compact where every field fits and the mtime is exactly the epoch
+    (kernels before 6.15 show the epoch for every compact inode), extended
+    otherwise; ``-E force-inode-*`` override (compact then keeps mtime
+    seconds relative to the epoch and loses nanoseconds)."""
+    n = ino.node
+    fits = ino.size <= U32 and n.uid <= U16 and n.gid <= U16 and n.nlink <= U16
+    exact = ino.mtime_ns == epoch * 1_000_000_000
+    if force_extended or not fits:
+        ino.extended = True
+    elif force_compact:
+        ino.extended = False
+        ino.compact_mtime = min(max(ino.mtime_ns // 1_000_000_000 - epoch, 0), U32)
+    else:
+        ino.extended = not exact
+
+
+def trailer_offset(ino: Inode) -> int:
+    """Where the layout-specific trailer starts, relative to the inode."""
+    if ino.layout in (
+        DataLayout.EROFS_INODE_COMPRESSED_FULL,
+        DataLayout.EROFS_INODE_COMPRESSED_COMPACT,
+    ):
+        return round_up(ino.base_size, 8)
+    if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
+        return round_up(ino.base_size, 4)
+    return ino.base_size
+
+
+def i_u(ino: Inode) -> int:
+    n = ino.node
+    if stat.S_ISCHR(n.mode) or stat.S_ISBLK(n.mode):
+        return new_encode_dev(os.major(n.rdev), os.minor(n.rdev))
+    if ino.layout in (
+        DataLayout.EROFS_INODE_COMPRESSED_FULL,
+        DataLayout.EROFS_INODE_COMPRESSED_COMPACT,
+    ):
+        return ino.physical_blocks
+    if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
+        return 0  # le16 format: chunkbits 0 (one block per chunk), 4-byte block map
+    if stat.S_ISFIFO(n.mode) or stat.S_ISSOCK(n.mode) or ino.data_blocks == 0:
+        return 0
+    return ino.startblk
+
+
+def encode(ino: Inode) -> bytes:
+    """Core, inline xattrs, padding and trailer: the inode's bytes in the metadata area."""
+    n = ino.node
+    icount = xattr_icount(len(ino.xattr_body))
+    fmt = i_format(
+        EROFS_INODE_LAYOUT_EXTENDED if ino.extended else EROFS_INODE_LAYOUT_COMPACT, ino.layout
+    )
+    core: CompactInode | ExtendedInode
+    if ino.extended:
+        secs, nsec = divmod(ino.mtime_ns, 1_000_000_000)
+        core = ExtendedInode(
+            fmt, icount, n.mode & U16, 0, ino.size, i_u(ino), ino.ino, n.uid, n.gid,
+            secs, nsec, n.nlink,
+        )  # fmt: skip
+    else:
+        core = CompactInode(
+            fmt, icount, n.mode & U16, n.nlink, ino.size, ino.compact_mtime, i_u(ino),
+            ino.ino, n.uid, n.gid,
+        )  # fmt: skip
+    head = core.pack() + ino.xattr_body
+    return head + bytes(trailer_offset(ino) - len(head)) + ino.trailer

@@ -1,0 +1,501 @@
+"""Lay out and write one EROFS image from a scanned :class:`~mkimage.tree.Tree`.
+
+Image layout (block numbers grow to the right)::
+
+    block 0..H-1   boot area, superblock at byte 1024, compression cfg records
+    H..M-1         regular-file data: plain blocks and pclusters, in tree order
+    M..D-1         metadata: shared xattrs, then every inode (root first) with
+                   its inline xattrs, inline tail / map header + indexes /
+                   chunk table (meta_blkaddr = xattr_blkaddr = M)
+    D..end         directory and symlink blocks that do not fit inline
+
+File data goes first so that it can be written as the compressor threads
+deliver it (in tree order, so the image does not depend on thread timing);
+metadata sizes do not depend on block addresses, so nids are assigned once
+all data is placed, and directory blocks (which hold nids) come last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid as uuidlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO, Final
+
+from fusefs.erofs.format import (
+    COMPR_CFG_HEADER,
+    EROFS_FEATURE_COMPAT_MTIME,
+    EROFS_FEATURE_COMPAT_SB_CHKSUM,
+    EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER,
+    EROFS_FEATURE_INCOMPAT_CHUNKED_FILE,
+    EROFS_FEATURE_INCOMPAT_COMPR_CFGS,
+    EROFS_FEATURE_INCOMPAT_ZERO_PADDING,
+    EROFS_NULL_ADDR,
+    EROFS_SLOTSIZE,
+    EROFS_SUPER_OFFSET,
+    Z_EROFS_ADVISE_BIG_PCLUSTER_1,
+    Z_EROFS_ADVISE_BIG_PCLUSTER_2,
+    Z_EROFS_ADVISE_COMPACTED_2B,
+    Z_EROFS_COMPRESSION_DEFLATE,
+    Z_EROFS_COMPRESSION_LZ4,
+    Z_EROFS_COMPRESSION_ZSTD,
+    Z_EROFS_PCLUSTER_MAX_SIZE,
+    DataLayout,
+    DeflateCfgs,
+    Lz4Cfgs,
+    MapHeader,
+    SuperBlock,
+    ZstdCfgs,
+    ftype_from_mode,
+    round_up,
+    sb_checksum_length,
+    superblock_checksum,
+)
+from fusefs.errors import BuildError, UnsupportedFeatureError
+from mkimage.erofs import dir as dirmod
+from mkimage.erofs import inode as inodemod
+from mkimage.erofs.compress import Codec, DestSize, cut_extents
+from mkimage.erofs.inode import Inode
+from mkimage.erofs.xattr import XattrTable
+from mkimage.erofs.zmap import (
+    PlacedExtent,
+    compact_index_bytes,
+    compact_ok,
+    compact_size,
+    full_index_bytes,
+    lcluster_entries,
+)
+from mkimage.tree import LinkKey, Node, Tree, show
+
+EXTENDED_OPTIONS: Final = (
+    "ztailpacking",
+    "fragments",
+    "dedupe",
+    "noinline_data",
+    "legacy-compress",
+    "force-inode-compact",
+    "force-inode-extended",
+    "nosbcrc",
+)
+# Accepted by name but not implemented: refused with UnsupportedFeatureError.
+UNIMPLEMENTED_OPTIONS: Final = ("ztailpacking", "fragments", "dedupe")
+
+
+@dataclass(frozen=True, slots=True)
+class ErofsOptions:
+    """Everything ``nommufs mkimage erofs`` was asked for, validated."""
+
+    codec: Codec | None = None
+    pcluster_size: int = 4096
+    block_size: int = 4096
+    extended: frozenset[str] = frozenset()
+    build_time: int = 0  # seconds; the superblock epoch
+    fixed_time: bool = False  # -T / SOURCE_DATE_EPOCH given: reproducible
+    all_mtimes: int | None = None  # -T without --mkfs-time: every inode's mtime
+    uuid: bytes | None = None
+    label: bytes = b""
+    workers: int = 0  # 0: one per CPU
+    progress: Callable[[int, int], None] | None = None
+
+    @property
+    def blkszbits(self) -> int:
+        return self.block_size.bit_length() - 1
+
+
+@dataclass(slots=True)
+class BuildReport:
+    """What was built (for the CLI's summary and for tests)."""
+
+    blocks: int = 0
+    block_size: int = 4096
+    inodes: int = 0
+    compressed_files: int = 0
+    chunked_files: int = 0
+    features: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _FileResult:
+    """A regular file prepared by a worker: its layout and the bytes for the data area."""
+
+    layout: DataLayout
+    payload: bytes  # whole blocks for the data region
+    inline: bytes = b""
+    extents: list[tuple[int, int, int, bool]] = field(default_factory=list)  # la, llen, blocks, z
+    chunks: list[int | None] = field(default_factory=list)
+
+
+def _prepare_file(
+    node: Node, ino: Inode, opts: ErofsOptions, destsize: DestSize | None
+) -> _FileResult:
+    data = node.read_data()
+    bs = opts.block_size
+    size = len(data)
+    codec = opts.codec
+    if codec is not None and destsize is not None and size > bs:
+        buf = bytearray(data)
+        zero_padding = not ("legacy-compress" in opts.extended and codec.algorithm == 0)
+        extents = cut_extents(buf, destsize, opts.pcluster_size, bs, zero_padding=zero_padding)
+        stored = sum(len(e.payload) for e in extents)
+        if any(e.compressed for e in extents) and stored < round_up(size, bs):
+            return _FileResult(
+                DataLayout.EROFS_INODE_COMPRESSED_FULL,
+                b"".join(e.payload for e in extents),
+                extents=[(e.la, e.llen, len(e.payload) // bs, e.compressed) for e in extents],
+            )
+    if codec is None and size >= bs:
+        zero = bytes(bs)
+        nblk = -(-size // bs)
+        holes = [data[i * bs : (i + 1) * bs].rstrip(b"\0") == b"" for i in range(nblk)]
+        if any(holes) and sum(holes) * bs > 4 * nblk:
+            chunks: list[int | None] = []
+            parts: list[bytes] = []
+            for i, hole in enumerate(holes):
+                if hole:
+                    chunks.append(None)
+                else:
+                    chunks.append(len(parts))
+                    blk = data[i * bs : (i + 1) * bs]
+                    parts.append(blk + zero[: bs - len(blk)])
+            return _FileResult(DataLayout.EROFS_INODE_CHUNK_BASED, b"".join(parts), chunks=chunks)
+    return _flat(data, ino, opts, regular=True)
+
+
+def _flat(data: bytes, ino: Inode, opts: ErofsOptions, *, regular: bool) -> _FileResult:
+    bs = opts.block_size
+    size = len(data)
+    tail = size % bs
+    inline_ok = not (regular and "noinline_data" in opts.extended)
+    # erofs: an inline tail must stay in the block of its inode (core + xattrs + tail <= bs)
+    if tail and inline_ok and ino.base_size + tail <= bs:
+        head = size - tail
+        return _FileResult(DataLayout.EROFS_INODE_FLAT_INLINE, data[:head], inline=data[head:])
+    return _FileResult(DataLayout.EROFS_INODE_FLAT_PLAIN, data + bytes(-size % bs))
+
+
+class ErofsWriter:
+    """Builds one image; :meth:`write` is the whole job."""
+
+    def __init__(self, tree: Tree, opts: ErofsOptions) -> None:
+        self.tree = tree
+        self.opts = opts
+        self.bs = opts.block_size
+        self.inodes: list[Inode] = []
+        self.by_link: dict[LinkKey, Inode] = {}
+        self.of_node: dict[int, Inode] = {}  # id(Node) -> inode
+        self.parent: dict[int, Node] = {}
+
+    # -- planning -------------------------------------------------------
+
+    def _collect(self) -> None:
+        opts = self.opts
+        for node in self.tree.walk():
+            for c in node.children:
+                self.parent[id(c)] = node
+            if node.link is not None and node.link in self.by_link:
+                self.of_node[id(node)] = self.by_link[node.link]
+                continue
+            mtime = node.mtime_ns if opts.all_mtimes is None else opts.all_mtimes * 10**9
+            ino = Inode(node, len(self.inodes) + 1, mtime)
+            ino.size = node.size if not node.is_dir else 0
+            self.inodes.append(ino)
+            self.of_node[id(node)] = ino
+            if node.link is not None:
+                self.by_link[node.link] = ino
+        self.xattrs = XattrTable((show(i.node.path), i.node.xattrs) for i in self.inodes)
+        for ino in self.inodes:
+            where = show(ino.node.path) or "/"
+            ino.xattr_body = self.xattrs.ibody(ino.node.xattrs, where)
+            inodemod.choose_core(
+                ino,
+                opts.build_time,
+                force_compact="force-inode-compact" in opts.extended,
+                force_extended="force-inode-extended" in opts.extended,
+            )
+
+    def _dir_entries(self, node: Node) -> list[dirmod.DirEntry]:
+        me = self.of_node[id(node)]
+        parent = self.of_node[id(self.parent.get(id(node), node))]
+        out = [(b".", me.nid, 2), (b"..", parent.nid, 2)]
+        for c in node.children:
+            out.append((c.name, self.of_node[id(c)].nid, int(ftype_from_mode(c.mode))))
+        return out
+
+    # -- data -----------------------------------------------------------
+
+    def _file_results(self, files: list[Inode]) -> Iterator[tuple[Inode, _FileResult]]:
+        """Prepared files in tree order, computed by a pool of threads."""
+        opts = self.opts
+        workers = opts.workers or min(os.cpu_count() or 1, 8)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            local: dict[int, DestSize] = {}
+
+            def task(ino: Inode) -> _FileResult:
+                ds: DestSize | None = None
+                if opts.codec is not None:
+                    key = threading.get_ident()
+                    ds = local.get(key)
+                    if ds is None:
+                        ds = local[key] = opts.codec.destsize()
+                return _prepare_file(ino.node, ino, opts, ds)
+
+            pending: deque[tuple[Inode, Future[_FileResult]]] = deque()
+            it = iter(files)
+            try:
+                for ino in it:
+                    pending.append((ino, pool.submit(task, ino)))
+                    if len(pending) >= 4 * workers:
+                        break
+                while pending:
+                    ino, fut = pending.popleft()
+                    res = fut.result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.append((nxt, pool.submit(task, nxt)))
+                    yield ino, res
+            finally:
+                for _, fut in pending:
+                    fut.cancel()
+
+    def _place_file(self, ino: Inode, res: _FileResult, cursor: int) -> None:
+        opts, bs = self.opts, self.bs
+        ino.layout = res.layout
+        ino.startblk = cursor
+        ino.data_blocks = len(res.payload) // bs
+        ino.inline = res.inline
+        if res.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
+            ino.chunks = res.chunks
+        elif res.extents:
+            placed = []
+            blk = cursor
+            for la, llen, blocks, z in res.extents:
+                placed.append(PlacedExtent(la, llen, blk, blocks, z))
+                blk += blocks
+            ino.physical_blocks = blk - cursor
+            ino.big = opts.pcluster_size > bs
+            ino.lclusters = lcluster_entries(placed, ino.size, opts.blkszbits, ino.big)
+            legacy = "legacy-compress" in opts.extended
+            ino.two_b = opts.blkszbits <= 12
+            ino.compact = not legacy and compact_ok(opts.blkszbits, ino.two_b)
+            if ino.compact:
+                ino.layout = DataLayout.EROFS_INODE_COMPRESSED_COMPACT
+            advise = Z_EROFS_ADVISE_COMPACTED_2B if ino.compact and ino.two_b else 0
+            if ino.big:
+                advise |= Z_EROFS_ADVISE_BIG_PCLUSTER_1 | Z_EROFS_ADVISE_BIG_PCLUSTER_2
+            assert opts.codec is not None
+            ino.map_header = MapHeader(0, 0, advise, opts.codec.algorithm, 0)
+
+    def _trailer(self, ino: Inode) -> bytes:
+        """The layout-specific bytes after core and xattrs (their size does
+        not depend on where the inode lands)."""
+        if ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE:
+            return ino.inline
+        if ino.map_header is not None:
+            hpos = inodemod.trailer_offset(ino)
+            if ino.compact:
+                return compact_index_bytes(
+                    ino.map_header, hpos, ino.lclusters, self.opts.blkszbits, ino.two_b, ino.big
+                )
+            return full_index_bytes(ino.map_header, ino.lclusters)
+        if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
+            return b"".join(
+                (EROFS_NULL_ADDR if c is None else ino.startblk + c).to_bytes(4, "little")
+                for c in ino.chunks
+            )
+        return b""
+
+    def _trailer_size(self, ino: Inode) -> int:
+        if ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE:
+            return len(ino.inline)
+        if ino.map_header is not None:
+            hpos = inodemod.trailer_offset(ino)
+            if ino.compact:
+                return compact_size(hpos, len(ino.lclusters), self.opts.blkszbits, ino.two_b)
+            return 16 + 8 * len(ino.lclusters)
+        if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
+            return 4 * len(ino.chunks)
+        return 0
+
+    # -- the whole build ------------------------------------------------
+
+    def write(self, f: BinaryIO) -> BuildReport:
+        opts, bs = self.opts, self.bs
+        self._collect()
+        cfgs, u1, incompat = self._compr_cfgs()
+        head_blocks = -(-(EROFS_SUPER_OFFSET + SuperBlock.SIZE + len(cfgs)) // bs)
+        cursor = head_blocks
+        f.seek(cursor * bs)
+        files = [i for i in self.inodes if i.node.is_reg]
+        report = BuildReport(block_size=bs, inodes=len(self.inodes))
+        for done, (ino, res) in enumerate(self._file_results(files), 1):
+            self._place_file(ino, res, cursor)
+            f.write(res.payload)
+            cursor += ino.data_blocks
+            if ino.map_header is not None:
+                report.compressed_files += 1
+            if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
+                report.chunked_files += 1
+            if opts.progress is not None:
+                opts.progress(done, len(files))
+        meta_blk = cursor
+        # directories and symlinks: sizes now, data once nids are known
+        late: list[tuple[Inode, bytes]] = []
+        for ino in self.inodes:
+            n = ino.node
+            if n.is_dir:
+                ino.size = dirmod.dir_size(self._dir_entries(n), bs)
+                data = bytes(ino.size)  # placeholder of the right size
+            elif n.is_lnk:
+                data = n.read_data()
+            else:
+                continue
+            res = _flat(data, ino, opts, regular=False)
+            ino.layout, ino.inline = res.layout, res.inline
+            ino.data_blocks = len(res.payload) // bs
+            late.append((ino, res.payload))
+        # metadata layout
+        shared = self.xattrs.area
+        pos = round_up(len(shared), EROFS_SLOTSIZE)
+        for ino in self.inodes:
+            total = inodemod.trailer_offset(ino) + self._trailer_size(ino)
+            inline_tail = ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE
+            # erofs: an inline tail stays in its inode's block; cores and
+            # xattrs are kept in one block too, index arrays may cross
+            keep = total if inline_tail else ino.base_size
+            if pos % bs + keep > bs and keep <= bs:
+                pos = round_up(pos, bs)
+            ino.nid = pos // EROFS_SLOTSIZE
+            pos += round_up(total, EROFS_SLOTSIZE)
+        root = self.of_node[id(self.tree.root)]
+        if root.nid > 0xFFFF:
+            raise BuildError("the shared xattr area is too large for the root inode's nid")
+        meta_blocks = -(-pos // bs)
+        cursor = meta_blk + meta_blocks
+        for ino, _payload in late:
+            ino.startblk = cursor
+            cursor += ino.data_blocks
+        total_blocks = cursor
+        if total_blocks > 0xFFFFFFFF:
+            raise BuildError("the image needs more than 2^32 blocks")
+        # directory contents hold nids: known only now
+        late_data = bytearray()
+        for ino, payload in late:
+            if ino.node.is_dir:
+                raw = dirmod.dir_bytes(self._dir_entries(ino.node), bs)
+                head = len(raw) - len(ino.inline)
+                ino.inline = raw[head:]
+                payload = raw[:head] + bytes(-head % bs)
+            late_data += payload
+        meta = bytearray(meta_blocks * bs)
+        meta[: len(shared)] = shared
+        for ino in self.inodes:
+            ino.trailer = self._trailer(ino)
+            raw = inodemod.encode(ino)
+            off = ino.nid * EROFS_SLOTSIZE
+            meta[off : off + len(raw)] = raw
+        f.seek(meta_blk * bs)
+        f.write(meta)
+        f.write(late_data)
+        f.truncate(total_blocks * bs)
+        # superblock last: the checksum covers the rest of its block
+        compat = EROFS_FEATURE_COMPAT_MTIME
+        if "nosbcrc" not in opts.extended:
+            compat |= EROFS_FEATURE_COMPAT_SB_CHKSUM
+        if any(i.layout == DataLayout.EROFS_INODE_CHUNK_BASED for i in self.inodes):
+            incompat |= EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
+        sb = SuperBlock(
+            feature_compat=int(compat),
+            blkszbits=opts.blkszbits,
+            root_nid_2b=root.nid,
+            inos=len(self.inodes),
+            epoch=opts.build_time,
+            fixed_nsec=0,
+            blocks_lo=total_blocks,
+            meta_blkaddr=meta_blk,
+            xattr_blkaddr=meta_blk,
+            uuid=self._uuid(),
+            volume_name=opts.label.ljust(16, b"\0"),
+            feature_incompat=int(incompat),
+            u1=u1,
+        )
+        first = bytearray(head_blocks * bs)
+        first[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + SuperBlock.SIZE] = sb.pack()
+        start = EROFS_SUPER_OFFSET + SuperBlock.SIZE
+        first[start : start + len(cfgs)] = cfgs
+        if compat & EROFS_FEATURE_COMPAT_SB_CHKSUM:
+            region = first[
+                EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + sb_checksum_length(sb.blkszbits)
+            ]
+            crc = superblock_checksum(region)
+            first[EROFS_SUPER_OFFSET + 4 : EROFS_SUPER_OFFSET + 8] = crc.to_bytes(4, "little")
+        f.seek(0)
+        f.write(first)
+        report.blocks = total_blocks
+        report.features = sorted(
+            name
+            for bit, name in (
+                (EROFS_FEATURE_INCOMPAT_ZERO_PADDING, "0padding"),
+                (EROFS_FEATURE_INCOMPAT_COMPR_CFGS, "compr_cfgs"),
+                (EROFS_FEATURE_INCOMPAT_CHUNKED_FILE, "chunked_file"),
+            )
+            if incompat & bit
+        )
+        return report
+
+    def _compr_cfgs(self) -> tuple[bytes, int, int]:
+        """Config records after the superblock, the 0x54 field, incompat bits."""
+        opts = self.opts
+        codec = opts.codec
+        if codec is None:
+            return b"", 0, 0
+        incompat = 0
+        if not ("legacy-compress" in opts.extended and codec.algorithm == Z_EROFS_COMPRESSION_LZ4):
+            incompat |= EROFS_FEATURE_INCOMPAT_ZERO_PADDING
+        big = opts.pcluster_size > self.bs
+        if codec.algorithm == Z_EROFS_COMPRESSION_LZ4 and not big:
+            return b"", 0, incompat
+        incompat |= EROFS_FEATURE_INCOMPAT_COMPR_CFGS | EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER
+        if codec.algorithm == Z_EROFS_COMPRESSION_LZ4:
+            rec = Lz4Cfgs(0xFFFF, opts.pcluster_size // self.bs).pack()
+        elif codec.algorithm == Z_EROFS_COMPRESSION_ZSTD:
+            rec = ZstdCfgs(0, codec.zstd_window_log - 10).pack()
+        elif codec.algorithm == Z_EROFS_COMPRESSION_DEFLATE:
+            rec = DeflateCfgs(15).pack()
+        else:
+            raise BuildError(f"internal: no cfg record for algorithm {codec.algorithm}")
+        # erofs: each record is 4-byte aligned: le16 length, then the payload
+        return COMPR_CFG_HEADER.pack(len(rec)) + rec, 1 << codec.algorithm, incompat
+
+    def _uuid(self) -> bytes:
+        opts = self.opts
+        if opts.uuid is not None:
+            return opts.uuid
+        if not opts.fixed_time:
+            return uuidlib.uuid4().bytes
+        # reproducible builds: a UUID derived from the tree and the options
+        what = (opts.codec, opts.pcluster_size, opts.block_size, sorted(opts.extended),
+                opts.build_time, opts.label)  # fmt: skip
+        h = hashlib.sha256(repr(what).encode())
+        for ino in self.inodes:
+            n = ino.node
+            h.update(repr((n.path, n.mode, n.uid, n.gid, n.size, ino.mtime_ns, n.rdev,
+                           n.target, n.nlink, sorted(n.xattrs.items()))).encode())  # fmt: skip
+        raw = bytearray(h.digest()[:16])
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4 layout, as a random UUID would have
+        raw[8] = (raw[8] & 0x3F) | 0x80
+        return bytes(raw)
+
+
+def build_erofs(tree: Tree, opts: ErofsOptions, f: BinaryIO) -> BuildReport:
+    """Write the image of ``tree`` to the seekable file ``f``."""
+    if opts.pcluster_size > Z_EROFS_PCLUSTER_MAX_SIZE:
+        raise BuildError(f"-C {opts.pcluster_size}: larger than 1 MiB")
+    for name in UNIMPLEMENTED_OPTIONS:
+        if name in opts.extended:
+            raise UnsupportedFeatureError(f"-E {name}: not implemented by nommufs mkimage yet")
+    return ErofsWriter(tree, opts).write(f)

@@ -1,0 +1,65 @@
+"""Extended attributes: the shared area and each inode's inline xattr body.
+
+An xattr (name and value) used by at least ``share_min`` inodes is stored
+once in the shared area and referenced by id (mkfs.erofs ``-x 2``); the
+others are stored inline after the inode core.  No name filter is written
+(the XATTR_FILTER compat bit stays clear, so readers ignore the field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from fusefs.erofs.format import (
+    XattrEntry,
+    XattrIbodyHeader,
+    xattr_icount,
+    xattr_split_name,
+)
+from fusefs.errors import BuildError
+
+Xattr = tuple[bytes, bytes]
+
+
+def encode_entry(name: bytes, value: bytes, where: str) -> bytes:
+    """One ``erofs_xattr_entry`` with name suffix and value, padded to 4 bytes."""
+    split = xattr_split_name(name)
+    if split is None:
+        raise BuildError(f"{where}: xattr {name.decode(errors='replace')!r} has no EROFS prefix")
+    index, suffix = split
+    if len(suffix) > 255 or len(value) > 0xFFFF:
+        raise BuildError(f"{where}: xattr {name.decode(errors='replace')!r} is too long")
+    raw = XattrEntry(len(suffix), index, len(value)).pack() + suffix + value
+    return raw + bytes(-len(raw) % 4)
+
+
+class XattrTable:
+    """The shared xattr area of one image and the inline bodies of its inodes."""
+
+    def __init__(self, per_inode: Iterable[tuple[str, Mapping[bytes, bytes]]], share_min: int = 2):
+        counts: dict[Xattr, int] = {}
+        for _where, xattrs in per_inode:
+            for item in xattrs.items():
+                counts[item] = counts.get(item, 0) + 1
+        self.ids: dict[Xattr, int] = {}
+        area = bytearray()
+        for (name, value), n in sorted(counts.items()):
+            if n >= share_min:
+                self.ids[(name, value)] = len(area) // 4
+                area += encode_entry(name, value, "shared xattr")
+        self.area = bytes(area)
+
+    def ibody(self, xattrs: Mapping[bytes, bytes], where: str) -> bytes:
+        """The inline xattr area of an inode (empty when it has no xattrs)."""
+        if not xattrs:
+            return b""
+        items = sorted(xattrs.items())
+        shared = [self.ids[i] for i in items if i in self.ids]
+        inline = b"".join(encode_entry(n, v, where) for n, v in items if (n, v) not in self.ids)
+        if len(shared) > 255:
+            raise BuildError(f"{where}: more than 255 shared xattrs")
+        body = XattrIbodyHeader(0, len(shared)).pack()
+        body += b"".join(i.to_bytes(4, "little") for i in shared) + inline
+        if xattr_icount(len(body)) > 0xFFFF:
+            raise BuildError(f"{where}: xattrs take more than 256 KiB")
+        return body

@@ -1,0 +1,183 @@
+"""Lcluster indexes of compressed files: full ("legacy") and compact (2B/4B).
+
+Both are built from one list of per-lcluster entries computed from the
+extents (:func:`lcluster_entries`), then encoded with the shared
+definitions of :mod:`fusefs.erofs.format`.  Compact packs are checked by
+decoding them back with the reader's own decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fusefs.erofs.format import (
+    Z_EROFS_FULL_INDEX_START,
+    Z_EROFS_LCLUSTER_TYPE_HEAD1,
+    Z_EROFS_LCLUSTER_TYPE_NONHEAD,
+    Z_EROFS_LCLUSTER_TYPE_PLAIN,
+    Z_EROFS_LI_D0_CBLKCNT,
+    CompactEntry,
+    LclusterIndex,
+    MapHeader,
+    compact_layout,
+    decode_compact_entry,
+    decode_compact_pack,
+    encode_compact_pack,
+    pack_geometry,
+)
+from fusefs.errors import BuildError
+
+_D0_MAX = Z_EROFS_LI_D0_CBLKCNT - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Lcluster:
+    """What one lcluster's index says (before encoding)."""
+
+    type: int
+    clusterofs: int = 0  # HEAD/PLAIN
+    blkaddr: int = 0  # HEAD/PLAIN (0 for the EOF sentinel)
+    delta0: int = 0  # NONHEAD
+    delta1: int = 0  # NONHEAD
+    cblkcnt: int = 0  # NONHEAD right after a big-pcluster HEAD: its block count
+    sentinel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedExtent:
+    """An extent with its pcluster's first block and block count."""
+
+    la: int
+    llen: int
+    blkaddr: int
+    blocks: int
+    compressed: bool
+
+
+def lcluster_entries(
+    extents: Sequence[PlacedExtent], size: int, lclusterbits: int, big: bool
+) -> list[Lcluster]:
+    """One entry per lcluster of a file of ``size`` bytes (kernel rules: a
+    HEAD where each extent starts, NONHEADs with look-back/ahead distances,
+    CBLKCNT on the first NONHEAD when big pclusters are on, a PLAIN sentinel
+    for a final partial lcluster)."""
+    lc = 1 << lclusterbits
+    total = -(-size // lc)
+    out: list[Lcluster | None] = [None] * total
+    for e in extents:
+        n0, c = divmod(e.la, lc)
+        crossed = (c + e.llen) >> lclusterbits
+        if out[n0] is not None:
+            raise BuildError(f"internal: two extents start in lcluster {n0}")
+        ltype = Z_EROFS_LCLUSTER_TYPE_HEAD1 if e.compressed else Z_EROFS_LCLUSTER_TYPE_PLAIN
+        out[n0] = Lcluster(ltype, clusterofs=c, blkaddr=e.blkaddr)
+        for j in range(1, crossed):
+            if n0 + j >= total:
+                break
+            if j == 1 and big:
+                out[n0 + j] = Lcluster(
+                    Z_EROFS_LCLUSTER_TYPE_NONHEAD, delta0=1, delta1=crossed - j, cblkcnt=e.blocks
+                )
+            else:
+                out[n0 + j] = Lcluster(
+                    Z_EROFS_LCLUSTER_TYPE_NONHEAD, delta0=min(j, _D0_MAX), delta1=crossed - j
+                )
+    if total and out[-1] is None:
+        # erofs: EOF inside an lcluster after the last extent's boundary: a PLAIN sentinel
+        out[-1] = Lcluster(Z_EROFS_LCLUSTER_TYPE_PLAIN, clusterofs=size % lc, sentinel=True)
+    missing = [i for i, e in enumerate(out) if e is None]
+    if missing:
+        raise BuildError(f"internal: lcluster {missing[0]} has no index")
+    return [e for e in out if e is not None]
+
+
+def full_index_bytes(header: MapHeader, entries: Sequence[Lcluster]) -> bytes:
+    """Map header, 8 reserved bytes, then one 8-byte index per lcluster."""
+    parts = [header.pack(), bytes(Z_EROFS_FULL_INDEX_START - MapHeader.SIZE)]
+    for e in entries:
+        if e.type == Z_EROFS_LCLUSTER_TYPE_NONHEAD:
+            d0 = Z_EROFS_LI_D0_CBLKCNT | e.cblkcnt if e.cblkcnt else e.delta0
+            parts.append(LclusterIndex.nonhead(d0, min(e.delta1, 0xFFFF)).pack())
+        else:
+            parts.append(LclusterIndex.head(e.type, e.clusterofs, e.blkaddr).pack())
+    return b"".join(parts)
+
+
+def compact_size(header_pos: int, total: int, lclusterbits: int, two_b: bool) -> int:
+    """Bytes of map header + compact indexes for a header at ``header_pos``."""
+    layout = compact_layout(header_pos + MapHeader.SIZE, total, two_b)
+    return layout.end - header_pos
+
+
+def compact_ok(lclusterbits: int, two_b: bool) -> bool:
+    return pack_geometry(2 if two_b else 4, lclusterbits) is not None
+
+
+def compact_index_bytes(
+    header: MapHeader,
+    header_pos: int,
+    entries: Sequence[Lcluster],
+    lclusterbits: int,
+    two_b: bool,
+    big: bool,
+) -> bytes:
+    """Map header and compact packs for an inode whose header sits at byte
+    ``header_pos`` (only its value mod 32 matters).  Pclusters must be laid
+    back to back in logical order."""
+    layout = compact_layout(header_pos + MapHeader.SIZE, len(entries), two_b)
+    parts = [header.pack()]
+    i = 0
+    while i < len(entries):
+        _pos, amort = layout.position(i)
+        geo = pack_geometry(amort, lclusterbits)
+        if geo is None:
+            raise BuildError(f"internal: no compact pack for lclusterbits {lclusterbits}")
+        group = entries[i : i + geo.vcnt]
+        fields = [_field(e, k == geo.vcnt - 1) for k, e in enumerate(group)]
+        fields += [CompactEntry(Z_EROFS_LCLUSTER_TYPE_PLAIN, 0)] * (geo.vcnt - len(group))
+        heads = [k for k, e in enumerate(group) if e.type != Z_EROFS_LCLUSTER_TYPE_NONHEAD]
+        base = 0
+        if heads:
+            probe = encode_compact_pack(fields, 0, geo)
+            dec, _ = decode_compact_pack(probe, geo)
+            h = heads[0]
+            base = group[h].blkaddr - decode_compact_entry(dec, 0, h, lclusterbits, big).blkaddr
+        raw = encode_compact_pack(fields, base, geo)
+        _verify(raw, geo, group, lclusterbits, big, i)
+        parts.append(raw)
+        i += geo.vcnt
+    out = b"".join(parts)
+    if len(out) != layout.end - header_pos:
+        raise BuildError("internal: compact index area has the wrong size")
+    return out
+
+
+def _field(e: Lcluster, last: bool) -> CompactEntry:
+    if e.type != Z_EROFS_LCLUSTER_TYPE_NONHEAD:
+        return CompactEntry(e.type, e.clusterofs)
+    if e.cblkcnt:
+        return CompactEntry(e.type, Z_EROFS_LI_D0_CBLKCNT | e.cblkcnt)
+    # erofs: the last field of a pack holds delta[1] (capped), not delta[0]
+    return CompactEntry(e.type, min(e.delta1, _D0_MAX) if last else e.delta0)
+
+
+def _verify(
+    raw: bytes, geo: object, group: Sequence[Lcluster], bits: int, big: bool, at: int
+) -> None:
+    from fusefs.erofs.format import PackGeometry
+
+    assert isinstance(geo, PackGeometry)
+    dec, base = decode_compact_pack(raw, geo)
+    for k, e in enumerate(group):
+        try:
+            d = decode_compact_entry(dec, base, k, bits, big)
+        except ValueError as err:
+            raise BuildError(f"internal: compact index {at + k} does not decode: {err}") from None
+        ok = d.type == e.type
+        if e.type != Z_EROFS_LCLUSTER_TYPE_NONHEAD:
+            ok = ok and d.clusterofs == e.clusterofs and (e.sentinel or d.blkaddr == e.blkaddr)
+        elif e.cblkcnt:
+            ok = ok and d.compressedblks == e.cblkcnt
+        if not ok:
+            raise BuildError(f"internal: compact index {at + k} decodes as {d}, wanted {e}")
