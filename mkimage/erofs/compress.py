@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import zstandard
 
@@ -37,8 +37,16 @@ ALGORITHMS: Final[dict[str, tuple[int, int | None, tuple[int, int]]]] = {
 # more than this in memory (the kernel allows up to 12 MiB).
 MAX_EXTENT_BYTES: Final = Z_EROFS_PCLUSTER_MAX_SIZE
 
-# A destsize function: (input window, output capacity) -> (stream, consumed).
-DestSize = Callable[[memoryview, int], tuple[bytes, int]]
+
+class DestSize(Protocol):
+    """Per-thread fixed-output compressor over one bound input buffer."""
+
+    def bind(self, src: bytearray) -> None: ...
+
+    def compress(self, pos: int, end: int, cap: int) -> tuple[bytes, int]:
+        """(stream, consumed): the longest prefix of ``src[pos:end]`` whose
+        stream fits ``cap`` bytes (consumed 0: nothing fits)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +58,11 @@ class Codec:
     level: int | None
     zstd_window_log: int = 20
 
-    def destsize(self) -> DestSize:
-        """A fresh destsize function for one thread (compressor objects are not shared)."""
-        if self.name == "lz4":
-            return lambda src, cap: _liblz4.compress_destsize(src, cap, None)
-        if self.name == "lz4hc":
-            level = self.level
-            return lambda src, cap: _liblz4.compress_destsize(src, cap, level)
+    def destsize(self, capacity: int) -> DestSize:
+        """A fresh compressor for one thread (they are not shared), for
+        outputs of at most ``capacity`` bytes."""
+        if self.name in ("lz4", "lz4hc"):
+            return _liblz4.DestSizeCompressor(capacity, self.level)
         if self.name == "zstd":
             params = zstandard.ZstdCompressionParameters.from_level(
                 self.level or 3, window_log=self.zstd_window_log, write_checksum=0,
@@ -100,34 +106,56 @@ def parse_codec(text: str) -> Codec | None:
     return Codec(name, alg, level)
 
 
+class _Bisected:
+    """Destsize for compressors without one (see :func:`_search`)."""
+
+    def __init__(self, compress: Callable[[bytes | memoryview], bytes]) -> None:
+        self.search = _search(compress)
+        self.src = memoryview(bytearray())
+
+    def bind(self, src: bytearray) -> None:
+        self.src = memoryview(src)
+
+    def compress(self, pos: int, end: int, cap: int) -> tuple[bytes, int]:
+        return self.search(self.src[pos:end], cap)
+
+
 def _bisected(compress: Callable[[bytes | memoryview], bytes]) -> DestSize:
+    return _Bisected(compress)
+
+
+def _search(
+    compress: Callable[[bytes | memoryview], bytes],
+) -> Callable[[memoryview, int], tuple[bytes, int]]:
     """Destsize by search: the longest input prefix whose stream fits ``cap``.
 
-    A first try on the whole window gives the ratio; then a few bisection
-    steps (each one compression) narrow the length to within 1/64 of the
-    best; the best fitting result is kept.  Deterministic: depends only on
-    the input bytes."""
+    A probe of ``4 * cap`` bytes gives the ratio; each next length is
+    predicted from the last ratio, kept inside the bracket of lengths known
+    to fit / not to fit, for at most 8 compressions; the best fitting result
+    is kept.  Data that does not compress at all is given up on after the
+    probe.  Deterministic: depends only on the input bytes."""
 
     def destsize(src: memoryview, cap: int) -> tuple[bytes, int]:
         n = len(src)
-        out = compress(src)
-        if len(out) <= cap:
-            return out, n
         best: tuple[bytes, int] = (b"", 0)
-        lo, hi = 0, n  # a prefix of lo bytes fits (or lo is 0), of hi bytes does not
-        guess = n * cap * 63 // (64 * len(out))
-        for _ in range(8):
-            guess = max(lo + 1, min(guess, hi - 1))
-            if guess >= hi:
-                break
-            out = compress(src[:guess])
+        lo, hi = 0, n + 1  # a prefix of lo bytes fits (or lo is 0), of hi bytes does not
+        length = min(n, 4 * cap)
+        for step in range(8):
+            out = compress(src[:length])
             if len(out) <= cap:
-                lo, best = guess, (out, guess)
+                lo, best = length, (out, length)
             else:
-                hi = guess
-            if hi - lo <= max(64, hi >> 6):
+                hi = length
+                if step == 0 and len(out) * 64 >= length * 63:
+                    break  # incompressible: stored plain
+            if hi - lo <= max(64, hi >> 6) or lo == n:
                 break
-            guess = (lo + hi) // 2
+            predicted = length * cap * 63 // (64 * max(len(out), 1))
+            length = max(lo + 1, min(predicted, hi - 1, n))
+            if length <= lo or length >= hi:
+                length = (lo + min(hi, n + 1)) // 2
+                if length <= lo:
+                    break
         return best
 
     return destsize
@@ -154,9 +182,9 @@ def cut_extents(
     extents: list[Extent] = []
     mv = memoryview(data)
     pos, size = 0, len(data)
+    destsize.bind(data)
     while pos < size:
-        window = mv[pos : min(size, pos + MAX_EXTENT_BYTES)]
-        stream, consumed = destsize(window, pcluster)
+        stream, consumed = destsize.compress(pos, min(size, pos + MAX_EXTENT_BYTES), pcluster)
         plen = round_up(len(stream), block)
         # erofs: keep a compressed pcluster only if it is shorter than what it decodes to
         if consumed > 0 and stream and plen < consumed:

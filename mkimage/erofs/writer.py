@@ -66,9 +66,9 @@ from mkimage.erofs.zmap import (
     PlacedExtent,
     compact_index_bytes,
     compact_ok,
-    compact_size,
     full_index_bytes,
     lcluster_entries,
+    rebase,
 )
 from mkimage.tree import LinkKey, Node, Tree, show
 
@@ -143,11 +143,13 @@ def _prepare_file(
         extents = cut_extents(buf, destsize, opts.pcluster_size, bs, zero_padding=zero_padding)
         stored = sum(len(e.payload) for e in extents)
         if any(e.compressed for e in extents) and stored < round_up(size, bs):
-            return _FileResult(
-                DataLayout.EROFS_INODE_COMPRESSED_FULL,
-                b"".join(e.payload for e in extents),
-                extents=[(e.la, e.llen, len(e.payload) // bs, e.compressed) for e in extents],
-            )
+            placed = []
+            blk = 0
+            for e in extents:
+                placed.append(PlacedExtent(e.la, e.llen, blk, len(e.payload) // bs, e.compressed))
+                blk += len(e.payload) // bs
+            _plan_compressed(ino, placed, opts, codec.algorithm)
+            return _FileResult(ino.layout, b"".join(e.payload for e in extents))
     if codec is None and size >= bs:
         zero = bytes(bs)
         nblk = -(-size // bs)
@@ -160,10 +162,36 @@ def _prepare_file(
                     chunks.append(None)
                 else:
                     chunks.append(len(parts))
-                    blk = data[i * bs : (i + 1) * bs]
-                    parts.append(blk + zero[: bs - len(blk)])
+                    piece = data[i * bs : (i + 1) * bs]
+                    parts.append(piece + zero[: bs - len(piece)])
             return _FileResult(DataLayout.EROFS_INODE_CHUNK_BASED, b"".join(parts), chunks=chunks)
     return _flat(data, ino, opts, regular=True)
+
+
+def _plan_compressed(ino: Inode, placed: list[PlacedExtent], opts: ErofsOptions, alg: int) -> None:
+    """Layout, map header, lcluster indexes and their bytes (addresses
+    relative to the file's first block) of a compressed inode."""
+    ino.physical_blocks = sum(e.blocks for e in placed)
+    ino.big = opts.pcluster_size > opts.block_size
+    ino.lclusters = lcluster_entries(placed, ino.size, opts.blkszbits, ino.big)
+    ino.two_b = opts.blkszbits <= 12
+    ino.compact = "legacy-compress" not in opts.extended and compact_ok(opts.blkszbits, ino.two_b)
+    ino.layout = (
+        DataLayout.EROFS_INODE_COMPRESSED_COMPACT
+        if ino.compact
+        else DataLayout.EROFS_INODE_COMPRESSED_FULL
+    )
+    advise = Z_EROFS_ADVISE_COMPACTED_2B if ino.compact and ino.two_b else 0
+    if ino.big:
+        advise |= Z_EROFS_ADVISE_BIG_PCLUSTER_1 | Z_EROFS_ADVISE_BIG_PCLUSTER_2
+    ino.map_header = MapHeader(0, 0, advise, alg, 0)
+    hpos = inodemod.trailer_offset(ino)
+    if ino.compact:
+        ino.trailer = compact_index_bytes(
+            ino.map_header, hpos, ino.lclusters, opts.blkszbits, ino.two_b, ino.big
+        )
+    else:
+        ino.trailer = full_index_bytes(ino.map_header, ino.lclusters)
 
 
 def _flat(data: bytes, ino: Inode, opts: ErofsOptions, *, regular: bool) -> _FileResult:
@@ -241,7 +269,7 @@ class ErofsWriter:
                     key = threading.get_ident()
                     ds = local.get(key)
                     if ds is None:
-                        ds = local[key] = opts.codec.destsize()
+                        ds = local[key] = opts.codec.destsize(opts.pcluster_size)
                 return _prepare_file(ino.node, ino, opts, ds)
 
             pending: deque[tuple[Inode, Future[_FileResult]]] = deque()
@@ -263,32 +291,17 @@ class ErofsWriter:
                     fut.cancel()
 
     def _place_file(self, ino: Inode, res: _FileResult, cursor: int) -> None:
-        opts, bs = self.opts, self.bs
         ino.layout = res.layout
         ino.startblk = cursor
-        ino.data_blocks = len(res.payload) // bs
+        ino.data_blocks = len(res.payload) // self.bs
         ino.inline = res.inline
         if res.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
             ino.chunks = res.chunks
-        elif res.extents:
-            placed = []
-            blk = cursor
-            for la, llen, blocks, z in res.extents:
-                placed.append(PlacedExtent(la, llen, blk, blocks, z))
-                blk += blocks
-            ino.physical_blocks = blk - cursor
-            ino.big = opts.pcluster_size > bs
-            ino.lclusters = lcluster_entries(placed, ino.size, opts.blkszbits, ino.big)
-            legacy = "legacy-compress" in opts.extended
-            ino.two_b = opts.blkszbits <= 12
-            ino.compact = not legacy and compact_ok(opts.blkszbits, ino.two_b)
-            if ino.compact:
-                ino.layout = DataLayout.EROFS_INODE_COMPRESSED_COMPACT
-            advise = Z_EROFS_ADVISE_COMPACTED_2B if ino.compact and ino.two_b else 0
-            if ino.big:
-                advise |= Z_EROFS_ADVISE_BIG_PCLUSTER_1 | Z_EROFS_ADVISE_BIG_PCLUSTER_2
-            assert opts.codec is not None
-            ino.map_header = MapHeader(0, 0, advise, opts.codec.algorithm, 0)
+        elif ino.map_header is not None:
+            ino.trailer = rebase(
+                ino.trailer, inodemod.trailer_offset(ino), ino.lclusters, compact=ino.compact,
+                lclusterbits=self.opts.blkszbits, two_b=ino.two_b, delta=cursor,
+            )  # fmt: skip
 
     def _trailer(self, ino: Inode) -> bytes:
         """The layout-specific bytes after core and xattrs (their size does
@@ -296,12 +309,7 @@ class ErofsWriter:
         if ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE:
             return ino.inline
         if ino.map_header is not None:
-            hpos = inodemod.trailer_offset(ino)
-            if ino.compact:
-                return compact_index_bytes(
-                    ino.map_header, hpos, ino.lclusters, self.opts.blkszbits, ino.two_b, ino.big
-                )
-            return full_index_bytes(ino.map_header, ino.lclusters)
+            return ino.trailer
         if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
             return b"".join(
                 (EROFS_NULL_ADDR if c is None else ino.startblk + c).to_bytes(4, "little")
@@ -313,10 +321,7 @@ class ErofsWriter:
         if ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE:
             return len(ino.inline)
         if ino.map_header is not None:
-            hpos = inodemod.trailer_offset(ino)
-            if ino.compact:
-                return compact_size(hpos, len(ino.lclusters), self.opts.blkszbits, ino.two_b)
-            return 16 + 8 * len(ino.lclusters)
+            return len(ino.trailer)
         if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
             return 4 * len(ino.chunks)
         return 0

@@ -181,3 +181,30 @@ def _verify(
             ok = ok and d.compressedblks == e.cblkcnt
         if not ok:
             raise BuildError(f"internal: compact index {at + k} decodes as {d}, wanted {e}")
+
+
+def rebase(raw: bytes, header_pos: int, entries: Sequence[Lcluster], *, compact: bool,
+           lclusterbits: int, two_b: bool, delta: int) -> bytes:  # fmt: skip
+    """Index bytes encoded with pcluster addresses relative to block 0,
+    moved to start at block ``delta`` (workers encode before placement)."""
+    if delta == 0:
+        return raw
+    out = bytearray(raw)
+    if not compact:
+        for n, e in enumerate(entries):
+            if e.type != Z_EROFS_LCLUSTER_TYPE_NONHEAD and not e.sentinel:
+                at = Z_EROFS_FULL_INDEX_START + LclusterIndex.SIZE * n + 4
+                out[at : at + 4] = (e.blkaddr + delta).to_bytes(4, "little")
+        return bytes(out)
+    layout = compact_layout(header_pos + MapHeader.SIZE, len(entries), two_b)
+    i = 0
+    while i < len(entries):
+        pos, amort = layout.position(i)
+        geo = pack_geometry(amort, lclusterbits)
+        assert geo is not None
+        # erofs: every compact pack ends with its le32 base block address
+        at = pos - header_pos + geo.pack_size - 4
+        base = int.from_bytes(out[at : at + 4], "little")
+        out[at : at + 4] = ((base + delta) & 0xFFFFFFFF).to_bytes(4, "little")
+        i += geo.vcnt
+    return bytes(out)
