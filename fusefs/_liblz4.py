@@ -120,3 +120,49 @@ def compress_destsize(src: bytes | bytearray | memoryview, dst_capacity: int, le
     if n <= 0:
         return b"", 0
     return out.raw[:n], int(consumed.value)
+
+
+class DestSizeCompressor:
+    """Repeated destsize compression from one writable buffer, for writers.
+
+    :func:`compress_destsize` pays for a fresh ctypes view and output buffer
+    per call; a writer cutting a file into thousands of pclusters keeps one
+    of these per thread instead: the input is addressed once per buffer
+    (``bind``), the output buffer and the LZ4HC state are reused.
+    """
+
+    def __init__(self, dst_capacity: int, level: int | None = None) -> None:
+        self.level = level
+        self.capacity = dst_capacity
+        self._out = ctypes.create_string_buffer(max(dst_capacity, 1))
+        self._out_addr = ctypes.addressof(self._out)
+        self._state = ctypes.create_string_buffer(_HC_STATE_SIZE) if level is not None else None
+        self._consumed = ctypes.c_int(0)
+        self._src: object = None
+        self._src_addr = 0
+        self._src_len = 0
+
+    def bind(self, src: bytearray) -> None:
+        """Compress from ``src`` next (kept alive until the next bind)."""
+        arr = (ctypes.c_char * len(src)).from_buffer(src) if src else None
+        self._src = arr
+        self._src_addr = ctypes.addressof(arr) if arr is not None else 0
+        self._src_len = len(src)
+
+    def compress(self, pos: int, end: int, cap: int) -> tuple[bytes, int]:
+        """Like :func:`compress_destsize` on ``src[pos:end]`` with ``cap <= dst_capacity``."""
+        if not 0 <= pos <= end <= self._src_len or cap > self.capacity:
+            raise ValueError("destsize range outside the bound buffer")
+        self._consumed.value = end - pos
+        if self.level is None:
+            n = _lib.LZ4_compress_destSize(
+                self._src_addr + pos, self._out_addr, ctypes.byref(self._consumed), cap
+            )
+        else:
+            n = _lib.LZ4_compress_HC_destSize(
+                ctypes.addressof(self._state), self._src_addr + pos, self._out_addr,  # type: ignore[arg-type]
+                ctypes.byref(self._consumed), cap, self.level,
+            )  # fmt: skip
+        if n <= 0:
+            return b"", 0
+        return ctypes.string_at(self._out_addr, n), int(self._consumed.value)
