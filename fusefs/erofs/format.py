@@ -621,6 +621,62 @@ def xattr_split_name(name: bytes) -> tuple[int, bytes] | None:
     return None
 
 
+_XXH_P1: Final = 0x9E3779B1
+_XXH_P2: Final = 0x85EBCA77
+_XXH_P3: Final = 0xC2B2AE3D
+_XXH_P4: Final = 0x27D4EB2F
+_XXH_P5: Final = 0x165667B1
+_M32: Final = 0xFFFFFFFF
+
+
+def _rotl32(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & _M32
+
+
+def xxh32(data: bytes, seed: int = 0) -> int:
+    """XXH32 of ``data`` (the hash of the xattr name filter)."""
+    n = len(data)
+    i = 0
+    if n >= 16:
+        v = [
+            (seed + _XXH_P1 + _XXH_P2) & _M32,
+            (seed + _XXH_P2) & _M32,
+            seed & _M32,
+            (seed - _XXH_P1) & _M32,
+        ]
+        while i + 16 <= n:
+            for k in range(4):
+                lane = int.from_bytes(data[i + 4 * k : i + 4 * k + 4], "little")
+                v[k] = (_rotl32((v[k] + lane * _XXH_P2) & _M32, 13) * _XXH_P1) & _M32
+            i += 16
+        h = (_rotl32(v[0], 1) + _rotl32(v[1], 7) + _rotl32(v[2], 12) + _rotl32(v[3], 18)) & _M32
+    else:
+        h = (seed + _XXH_P5) & _M32
+    h = (h + n) & _M32
+    while i + 4 <= n:
+        lane = int.from_bytes(data[i : i + 4], "little")
+        h = (_rotl32((h + lane * _XXH_P3) & _M32, 17) * _XXH_P4) & _M32
+        i += 4
+    while i < n:
+        h = (_rotl32((h + data[i] * _XXH_P5) & _M32, 11) * _XXH_P1) & _M32
+        i += 1
+    h ^= h >> 15
+    h = (h * _XXH_P2) & _M32
+    h ^= h >> 13
+    h = (h * _XXH_P3) & _M32
+    h ^= h >> 16
+    return h
+
+
+def xattr_filter_bit(name_index: int, suffix: bytes) -> int:
+    """The name-filter bit of an xattr (short prefix index, name without it):
+    ``xxh32(suffix, EROFS_XATTR_FILTER_SEED + index) % 32``; a set bit in
+    ``h_name_filter`` means no xattr of the inode hashes there."""
+    return xxh32(suffix, (EROFS_XATTR_FILTER_SEED + name_index) & _M32) & (
+        EROFS_XATTR_FILTER_BITS - 1
+    )
+
+
 _XATTR_IBODY_HEADER = struct.Struct("<IB7x")
 _XATTR_ENTRY = struct.Struct("<BBH")
 _XATTR_LONG_PREFIX = struct.Struct("<HB")
