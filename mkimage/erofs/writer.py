@@ -31,6 +31,7 @@ from fusefs.erofs.format import (
     COMPR_CFG_HEADER,
     EROFS_FEATURE_COMPAT_MTIME,
     EROFS_FEATURE_COMPAT_SB_CHKSUM,
+    EROFS_FEATURE_COMPAT_XATTR_FILTER,
     EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER,
     EROFS_FEATURE_INCOMPAT_CHUNKED_FILE,
     EROFS_FEATURE_INCOMPAT_COMPR_CFGS,
@@ -408,7 +409,7 @@ class ErofsWriter:
         f.write(late_data)
         f.truncate(total_blocks * bs)
         # superblock last: the checksum covers the rest of its block
-        compat = EROFS_FEATURE_COMPAT_MTIME
+        compat = EROFS_FEATURE_COMPAT_MTIME | EROFS_FEATURE_COMPAT_XATTR_FILTER
         if "nosbcrc" not in opts.extended:
             compat |= EROFS_FEATURE_COMPAT_SB_CHKSUM
         if any(i.layout == DataLayout.EROFS_INODE_CHUNK_BASED for i in self.inodes):

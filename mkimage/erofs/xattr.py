@@ -2,8 +2,8 @@
 
 An xattr (name and value) used by at least ``share_min`` inodes is stored
 once in the shared area and referenced by id (mkfs.erofs ``-x 2``); the
-others are stored inline after the inode core.  No name filter is written
-(the XATTR_FILTER compat bit stays clear, so readers ignore the field).
+others are stored inline after the inode core.  Every xattr body carries the
+name filter (COMPAT_XATTR_FILTER), so lookups of absent names stop early.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from fusefs.erofs.format import (
+    EROFS_XATTR_FILTER_DEFAULT,
     XattrEntry,
     XattrIbodyHeader,
+    xattr_filter_bit,
     xattr_icount,
     xattr_split_name,
 )
@@ -58,7 +60,12 @@ class XattrTable:
         inline = b"".join(encode_entry(n, v, where) for n, v in items if (n, v) not in self.ids)
         if len(shared) > 255:
             raise BuildError(f"{where}: more than 255 shared xattrs")
-        body = XattrIbodyHeader(0, len(shared)).pack()
+        seen = 0
+        for name, _value in items:
+            split = xattr_split_name(name)
+            if split is not None:
+                seen |= 1 << xattr_filter_bit(*split)
+        body = XattrIbodyHeader(EROFS_XATTR_FILTER_DEFAULT & ~seen, len(shared)).pack()
         body += b"".join(i.to_bytes(4, "little") for i in shared) + inline
         if xattr_icount(len(body)) > 0xFFFF:
             raise BuildError(f"{where}: xattrs take more than 256 KiB")
