@@ -42,7 +42,14 @@ _lib.LZ4_decompress_safe_partial.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _
 _lib.LZ4_decompress_safe_partial.restype = _int
 _lib.LZ4_compress_destSize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _intp, _int]
 _lib.LZ4_compress_destSize.restype = _int
-_lib.LZ4_compress_HC_destSize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, _intp, _int, _int]
+_lib.LZ4_compress_HC_destSize.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    _intp,
+    _int,
+    _int,
+]
 _lib.LZ4_compress_HC_destSize.restype = _int
 _lib.LZ4_sizeofStateHC.argtypes = []
 _lib.LZ4_sizeofStateHC.restype = _int
@@ -79,7 +86,9 @@ class _Buf:
         self.keep = keep
 
 
-def decompress_into(src: bytes | bytearray | memoryview, dst: bytearray | memoryview, *, partial: bool) -> int:
+def decompress_into(
+    src: bytes | bytearray | memoryview, dst: bytearray | memoryview, *, partial: bool
+) -> int:
     """Decode one raw LZ4 block from ``src`` into ``dst``; returns bytes written.
 
     ``partial=False``: the block must decode to exactly ``len(dst)`` bytes
@@ -101,7 +110,9 @@ def decompress_into(src: bytes | bytearray | memoryview, dst: bytearray | memory
     return int(n)
 
 
-def compress_destsize(src: bytes | bytearray | memoryview, dst_capacity: int, level: int | None = None) -> tuple[bytes, int]:
+def compress_destsize(
+    src: bytes | bytearray | memoryview, dst_capacity: int, level: int | None = None
+) -> tuple[bytes, int]:
     """Compress as much of ``src`` as fits in ``dst_capacity`` bytes.
 
     Returns ``(compressed_block, bytes_of_src_consumed)``.  ``level`` None uses
@@ -111,11 +122,18 @@ def compress_destsize(src: bytes | bytearray | memoryview, dst_capacity: int, le
     out = ctypes.create_string_buffer(max(dst_capacity, 1))
     consumed = ctypes.c_int(s.size)
     if level is None:
-        n = _lib.LZ4_compress_destSize(s.addr, ctypes.addressof(out), ctypes.byref(consumed), dst_capacity)
+        n = _lib.LZ4_compress_destSize(
+            s.addr, ctypes.addressof(out), ctypes.byref(consumed), dst_capacity
+        )
     else:
         state = ctypes.create_string_buffer(_HC_STATE_SIZE)
         n = _lib.LZ4_compress_HC_destSize(
-            ctypes.addressof(state), s.addr, ctypes.addressof(out), ctypes.byref(consumed), dst_capacity, level
+            ctypes.addressof(state),
+            s.addr,
+            ctypes.addressof(out),
+            ctypes.byref(consumed),
+            dst_capacity,
+            level,
         )
     if n <= 0:
         return b"", 0

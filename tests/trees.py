@@ -84,7 +84,7 @@ def build_rich_tree(
     names.mkdir()
     (names / ("x" * 255)).write_bytes(b"255-byte name\n")
     (names / ("é" * 127)).write_bytes(b"254 bytes of UTF-8\n")
-    (names / "ünïcödé-名前.txt").write_bytes("non-ASCII\n".encode())
+    (names / "ünïcödé-名前.txt").write_bytes(b"non-ASCII\n")
     (names / "with space and 'quote'").write_bytes(b"q\n")
     (names / "a.b.c").write_bytes(b"")
     (names / bytes(range(0x80, 0x90)).decode("latin-1")).write_bytes(b"latin-1 bytes\n")
@@ -228,7 +228,18 @@ def snapshot(root: Path, *, xattrs: bool = True) -> dict[str, Entry]:
     return out
 
 
-DEFAULT_FIELDS = ("mode", "uid", "gid", "size", "mtime_ns", "nlink", "rdev", "target", "data_sha", "xattrs")
+DEFAULT_FIELDS = (
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "mtime_ns",
+    "nlink",
+    "rdev",
+    "target",
+    "data_sha",
+    "xattrs",
+)
 
 
 def diff_trees(
