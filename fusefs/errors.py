@@ -8,13 +8,12 @@ the errno the FUSE adapter answers with and, where it subclasses a builtin
 from __future__ import annotations
 
 import errno as _errno
-from typing import ClassVar
 
 
 class FsError(Exception):
     """Base of every error the library raises on purpose."""
 
-    errno: ClassVar[int] = _errno.EIO
+    errno: int = _errno.EIO  # a class-level default; subclasses set their own
 
 
 class CorruptImageError(FsError):
