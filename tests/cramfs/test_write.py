@@ -181,3 +181,36 @@ def test_empty_tree(tmp_path: Path) -> None:
     if HAVE_FSCK:
         assert fsck_cramfs(image, tmp_path / "x").returncode == 0
     assert compare(src, image) == []
+
+
+def test_own_fsck_passes_xip_images_and_names_the_page_multiple_hazard(
+    cram_tree: Path, tmp_path: Path
+) -> None:
+    import struct
+
+    from fusefs.cramfs.format import CRC_OFFSET, image_crc
+    from tests.conftest import nommufs
+
+    image = mkimage(cram_tree, tmp_path / "xip.img", "-X", "-X")
+    r = nommufs("fsck", str(image))
+    assert r.returncode == 0, r.stderr
+    # make the page-multiple file end in a U+D block, as mkcramfs -X -X would
+    img = bytearray(image.read_bytes())
+    with open_image(image) as fs:
+        assert isinstance(fs, CramfsFilesystem)
+        bm = _blockmap(fs, "bin/pagemult")
+        prev = bm.extent(bm.nr - 2)
+        at = bm.table + 4 * (bm.nr - 1)
+    struct.pack_into("<I", img, at, (prev.start + 4096) >> 2 | 0xC0000000)
+    struct.pack_into("<I", img, CRC_OFFSET, image_crc(img, 0, len(img)))
+    bad = tmp_path / "hazard.img"
+    bad.write_bytes(bytes(img))
+    r = nommufs("fsck", str(bad))
+    assert r.returncode != 0
+    assert b"is a page multiple and its last block is uncompressed+direct" in r.stdout + r.stderr
+    with open_image(bad) as fs:
+        # we read the real bytes (the kernel would return zeros for that page)
+        assert (
+            fs.read(resolve(fs, "bin/pagemult"), 0, 1 << 20)
+            == (cram_tree / "bin/pagemult").read_bytes()
+        )
