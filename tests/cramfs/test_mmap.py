@@ -271,3 +271,11 @@ def test_read_through_page_cache_or_direct_from_flash(images: dict[str, Path]) -
         fs.read(resolve(fs, "data.txt"), 0, 1 << 20)
         st = fs.memory_stats()
         assert st["bytes_decompressed"] == 54000 and st["page_cache_frames"] == 14
+
+
+def test_small_arena_evicts_page_cache(images: dict[str, Path]) -> None:
+    with open_image(images["plain"], MemoryConfig(arena_bytes=4 * 4096)) as fs:
+        data = fs.read(resolve(fs, "data.txt"), 0, 1 << 20)
+        assert data == b"compressible text " * 3000
+        st = fs.memory_stats()
+        assert st["frames_used"] <= 4 and st["evictions"] >= 10
