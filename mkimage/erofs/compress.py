@@ -171,14 +171,28 @@ class Extent:
     llen: int
     payload: bytes
     compressed: bool
+    stream: bytes = b""  # the compressed stream itself (no padding)
+
+    @property
+    def inline_bytes(self) -> bytes:
+        """What an inline (ztailpacking) copy of this pcluster holds."""
+        return self.stream if self.compressed else self.payload[: self.llen]
 
 
 def cut_extents(
-    data: bytearray, destsize: DestSize, pcluster: int, block: int, *, zero_padding: bool
+    data: bytearray,
+    destsize: DestSize,
+    pcluster: int,
+    block: int,
+    *,
+    zero_padding: bool,
+    inline_max: int = 0,
 ) -> list[Extent]:
     """Cut a file into extents, mkfs-style: each pcluster holds as much input
     as fits in ``pcluster`` bytes; a pcluster that would not save a block is
-    stored uncompressed, one block at a time."""
+    stored uncompressed, one block at a time.  With ``inline_max`` (ztailpacking)
+    a final extent whose stream is at most that long is kept compressed when
+    it is shorter than its data, since it will not take a block."""
     extents: list[Extent] = []
     mv = memoryview(data)
     pos, size = 0, len(data)
@@ -187,10 +201,15 @@ def cut_extents(
         stream, consumed = destsize.compress(pos, min(size, pos + MAX_EXTENT_BYTES), pcluster)
         plen = round_up(len(stream), block)
         # erofs: keep a compressed pcluster only if it is shorter than what it decodes to
-        if consumed > 0 and stream and plen < consumed:
+        final_inline = pos + consumed == size and len(stream) <= inline_max
+        if (
+            consumed > 0
+            and stream
+            and (plen < consumed or (final_inline and len(stream) < consumed))
+        ):
             pad = plen - len(stream)
             payload = bytes(pad) + stream if zero_padding else stream + bytes(pad)
-            extents.append(Extent(pos, consumed, payload, True))
+            extents.append(Extent(pos, consumed, payload, True, stream))
             pos += consumed
             continue
         llen = min(block, size - pos)

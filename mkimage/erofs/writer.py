@@ -36,12 +36,14 @@ from fusefs.erofs.format import (
     EROFS_FEATURE_INCOMPAT_CHUNKED_FILE,
     EROFS_FEATURE_INCOMPAT_COMPR_CFGS,
     EROFS_FEATURE_INCOMPAT_ZERO_PADDING,
+    EROFS_FEATURE_INCOMPAT_ZTAILPACKING,
     EROFS_NULL_ADDR,
     EROFS_SLOTSIZE,
     EROFS_SUPER_OFFSET,
     Z_EROFS_ADVISE_BIG_PCLUSTER_1,
     Z_EROFS_ADVISE_BIG_PCLUSTER_2,
     Z_EROFS_ADVISE_COMPACTED_2B,
+    Z_EROFS_ADVISE_INLINE_PCLUSTER,
     Z_EROFS_COMPRESSION_DEFLATE,
     Z_EROFS_COMPRESSION_LZ4,
     Z_EROFS_COMPRESSION_ZSTD,
@@ -84,7 +86,7 @@ EXTENDED_OPTIONS: Final = (
     "nosbcrc",
 )
 # Accepted by name but not implemented: refused with UnsupportedFeatureError.
-UNIMPLEMENTED_OPTIONS: Final = ("ztailpacking", "fragments", "dedupe")
+UNIMPLEMENTED_OPTIONS: Final = ("fragments", "dedupe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,19 +140,32 @@ def _prepare_file(
     bs = opts.block_size
     size = len(data)
     codec = opts.codec
-    if codec is not None and destsize is not None and size > bs:
+    ztail = "ztailpacking" in opts.extended
+    if codec is not None and destsize is not None and (size > bs or (ztail and size > 0)):
         buf = bytearray(data)
         zero_padding = not ("legacy-compress" in opts.extended and codec.algorithm == 0)
-        extents = cut_extents(buf, destsize, opts.pcluster_size, bs, zero_padding=zero_padding)
-        stored = sum(len(e.payload) for e in extents)
-        if any(e.compressed for e in extents) and stored < round_up(size, bs):
+        inline_max = bs - EROFS_SLOTSIZE if ztail else 0
+        extents = cut_extents(
+            buf, destsize, opts.pcluster_size, bs, zero_padding=zero_padding, inline_max=inline_max
+        )
+        tail = b""
+        if ztail and len(extents[-1].inline_bytes) <= inline_max:
+            tail = extents[-1].inline_bytes
+        blocks = [len(e.payload) // bs for e in extents]
+        if tail:
+            blocks[-1] = 0
+        stored = sum(blocks) * bs + len(tail)
+        flat = size if size % bs and ino.base_size + size % bs <= bs else round_up(size, bs)
+        if any(e.compressed for e in extents) and stored < flat:
             placed = []
             blk = 0
-            for e in extents:
-                placed.append(PlacedExtent(e.la, e.llen, blk, len(e.payload) // bs, e.compressed))
-                blk += len(e.payload) // bs
-            _plan_compressed(ino, placed, opts, codec.algorithm)
-            return _FileResult(ino.layout, b"".join(e.payload for e in extents))
+            for e, n in zip(extents, blocks, strict=True):
+                # an inline tail pcluster counts one block for CBLKCNT, none on disk
+                placed.append(PlacedExtent(e.la, e.llen, blk, n or 1, e.compressed))
+                blk += n
+            _plan_compressed(ino, placed, opts, codec.algorithm, tail)
+            payload = b"".join(e.payload for e, n in zip(extents, blocks, strict=True) if n)
+            return _FileResult(ino.layout, payload, inline=tail)
     if codec is None and size >= bs:
         zero = bytes(bs)
         nblk = -(-size // bs)
@@ -169,10 +184,14 @@ def _prepare_file(
     return _flat(data, ino, opts, regular=True)
 
 
-def _plan_compressed(ino: Inode, placed: list[PlacedExtent], opts: ErofsOptions, alg: int) -> None:
+def _plan_compressed(
+    ino: Inode, placed: list[PlacedExtent], opts: ErofsOptions, alg: int, tail: bytes
+) -> None:
     """Layout, map header, lcluster indexes and their bytes (addresses
-    relative to the file's first block) of a compressed inode."""
-    ino.physical_blocks = sum(e.blocks for e in placed)
+    relative to the file's first block) of a compressed inode; ``tail`` is
+    the last pcluster when it is stored inline (ztailpacking)."""
+    ino.physical_blocks = sum(e.blocks for e in placed) - (1 if tail else 0)
+    ino.inline = tail
     ino.big = opts.pcluster_size > opts.block_size
     ino.lclusters = lcluster_entries(placed, ino.size, opts.blkszbits, ino.big)
     ino.two_b = opts.blkszbits <= 12
@@ -185,7 +204,9 @@ def _plan_compressed(ino: Inode, placed: list[PlacedExtent], opts: ErofsOptions,
     advise = Z_EROFS_ADVISE_COMPACTED_2B if ino.compact and ino.two_b else 0
     if ino.big:
         advise |= Z_EROFS_ADVISE_BIG_PCLUSTER_1 | Z_EROFS_ADVISE_BIG_PCLUSTER_2
-    ino.map_header = MapHeader(0, 0, advise, alg, 0)
+    if tail:
+        advise |= Z_EROFS_ADVISE_INLINE_PCLUSTER
+    ino.map_header = MapHeader(0, len(tail), advise, alg, 0)
     hpos = inodemod.trailer_offset(ino)
     if ino.compact:
         ino.trailer = compact_index_bytes(
@@ -310,7 +331,8 @@ class ErofsWriter:
         if ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE:
             return ino.inline
         if ino.map_header is not None:
-            return ino.trailer
+            # erofs: an inline tail pcluster starts right after the index area
+            return ino.trailer + ino.inline
         if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
             return b"".join(
                 (EROFS_NULL_ADDR if c is None else ino.startblk + c).to_bytes(4, "little")
@@ -322,7 +344,7 @@ class ErofsWriter:
         if ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE:
             return len(ino.inline)
         if ino.map_header is not None:
-            return len(ino.trailer)
+            return len(ino.trailer) + len(ino.inline)
         if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
             return 4 * len(ino.chunks)
         return 0
@@ -369,12 +391,7 @@ class ErofsWriter:
         pos = round_up(len(shared), EROFS_SLOTSIZE)
         for ino in self.inodes:
             total = inodemod.trailer_offset(ino) + self._trailer_size(ino)
-            inline_tail = ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE
-            # erofs: an inline tail stays in its inode's block; cores and
-            # xattrs are kept in one block too, index arrays may cross
-            keep = total if inline_tail else ino.base_size
-            if pos % bs + keep > bs and keep <= bs:
-                pos = round_up(pos, bs)
+            pos = self._slot(ino, pos, total)
             ino.nid = pos // EROFS_SLOTSIZE
             pos += round_up(total, EROFS_SLOTSIZE)
         root = self.of_node[id(self.tree.root)]
@@ -414,6 +431,8 @@ class ErofsWriter:
             compat |= EROFS_FEATURE_COMPAT_SB_CHKSUM
         if any(i.layout == DataLayout.EROFS_INODE_CHUNK_BASED for i in self.inodes):
             incompat |= EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
+        if any(i.map_header is not None and i.inline for i in self.inodes):
+            incompat |= EROFS_FEATURE_INCOMPAT_ZTAILPACKING
         sb = SuperBlock(
             feature_compat=int(compat),
             blkszbits=opts.blkszbits,
@@ -452,6 +471,27 @@ class ErofsWriter:
             if incompat & bit
         )
         return report
+
+    def _slot(self, ino: Inode, pos: int, total: int) -> int:
+        """The first 32-byte slot at or after ``pos`` where ``ino`` may start."""
+        bs = self.bs
+        if ino.layout == DataLayout.EROFS_INODE_FLAT_INLINE:
+            # erofs: an inline tail stays in its inode's block (mkfs keeps the whole inode there)
+            return round_up(pos, bs) if pos % bs + total > bs else pos
+        if ino.map_header is not None and ino.inline:
+            # erofs: an inline tail pcluster must not cross a block boundary;
+            # prefer slots where core and xattrs do not cross one either
+            start = total - len(ino.inline)
+            fits = [p for p in range(pos, pos + bs + EROFS_SLOTSIZE, EROFS_SLOTSIZE)
+                    if (p + start) % bs + len(ino.inline) <= bs]  # fmt: skip
+            whole = [p for p in fits if p % bs + ino.base_size <= bs]
+            if not fits:
+                raise BuildError(f"internal: no slot for the inline tail of {show(ino.node.path)}")
+            return (whole or fits)[0]
+        # cores and xattrs are kept in one block; index arrays and chunk tables may cross
+        if pos % bs + ino.base_size > bs and ino.base_size <= bs:
+            return round_up(pos, bs)
+        return pos
 
     def _compr_cfgs(self) -> tuple[bytes, int, int]:
         """Config records after the superblock, the 0x54 field, incompat bits."""

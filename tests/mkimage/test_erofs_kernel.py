@@ -28,6 +28,13 @@ SPREAD = [
     ("lz4hc12-b1024-C8k", ["-z", "lz4hc,12", "-b", "1024", "-C", "8192"], False),
     ("lz4hc-b2048-nosbcrc", ["-z", "lz4hc", "-b", "2048", "-E", "nosbcrc"], False),
     ("lz4hc-C256k-compact-T", ["-z", "lz4hc", "-C", "262144", "-E", "force-inode-compact"], True),
+    ("lz4hc-ztail", ["-z", "lz4hc", "-E", "ztailpacking"], True),
+    ("lz4-ztail-legacy", ["-z", "lz4", "-E", "ztailpacking,legacy-compress"], True),
+    (
+        "zstd-b1024-C8k-ztail",
+        ["-z", "zstd", "-b", "1024", "-C", "8192", "-E", "ztailpacking"],
+        False,
+    ),
     ("zstd", ["-z", "zstd"], False),
     ("zstd12-b512-C16k", ["-z", "zstd,12", "-b", "512", "-C", "16384"], False),
     ("deflate-C64k", ["-z", "deflate", "-C", "65536"], False),
@@ -91,8 +98,12 @@ def test_kernel_mount_matches_source(
 
 @pytest.mark.parametrize(
     "options",
-    [["-z", "lz4hc", "-C", "65536"], ["-z", "zstd", "-b", "1024"], ["-z", "none"]],
-    ids=["lz4hc-C64k", "zstd-b1024", "none"],
+    [
+        ["-z", "lz4hc", "-C", "65536"],
+        ["-z", "zstd", "-b", "1024", "-E", "ztailpacking"],
+        ["-z", "none"],
+    ],
+    ids=["lz4hc-C64k", "zstd-b1024-ztail", "none"],
 )
 def test_nommufs_reader_agrees(
     options: list[str], rich_tree: Path, rich_snapshot: dict[str, Entry], build: Build
