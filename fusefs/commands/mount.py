@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-from fusefs.commands._common import add_image_arguments, open_from_args
+from fusefs.commands._common import add_image_arguments, open_from_args, parse_size
 
 NAME = "mount"
 HELP = "mount an image through FUSE (read-only)"
@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="decompress in up to N threads at once (default: 2)",
     )
+    parser.add_argument(
+        "--readahead",
+        type=parse_size,
+        default=1 << 20,
+        metavar="SIZE",
+        help="kernel readahead on the mount, as root (default: 1M; 0: the kernel's 128K)",
+    )
     add_image_arguments(parser)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
 
@@ -44,4 +51,5 @@ def run(args: argparse.Namespace) -> int:
         options=options,
         threads=args.threads,
         foreground=args.foreground,
+        readahead=args.readahead,
     )

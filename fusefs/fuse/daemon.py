@@ -14,6 +14,7 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import re
 import signal
 from collections.abc import Callable, Iterable
 
@@ -29,6 +30,9 @@ log = logging.getLogger("nommufs.fuse")
 # Mount options we always set; `-o` adds to them.
 BASE_OPTIONS = ("ro", "default_permissions", "fsname=nommufs")
 FORBIDDEN_OPTIONS = ("rw",)
+# Sequential reads: 1 MiB of readahead makes FUSE read requests of up to
+# 1 MiB instead of 128 KiB (measured: about 1.5x on a trivial backend).
+DEFAULT_READAHEAD = 1 << 20
 
 
 def mount_options(fs: Filesystem, extra: Iterable[str]) -> set[str]:
@@ -70,6 +74,7 @@ def serve(
     threads: int = 2,
     foreground: bool = False,
     on_ready: Callable[[], None] | None = None,
+    readahead: int = DEFAULT_READAHEAD,
 ) -> int:
     """Mount the filesystem ``open_fs()`` returns at ``mountpoint`` and serve it.
 
@@ -81,7 +86,7 @@ def serve(
     if threads < 1:
         raise InvalidArgumentError(f"--threads {threads}: at least 1")
     if foreground:
-        return _run(open_fs, mountpoint, options, threads, on_ready)
+        return _run(open_fs, mountpoint, options, threads, on_ready, readahead)
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -98,7 +103,7 @@ def serve(
                 pipe_open = False
                 _detach()
 
-            code = _run(open_fs, mountpoint, options, threads, ready)
+            code = _run(open_fs, mountpoint, options, threads, ready, readahead)
         except BaseException as e:  # the parent must always hear back
             if isinstance(e, FsError):
                 msg = str(e)
@@ -139,15 +144,57 @@ def _detach() -> None:
         root.addHandler(logging.NullHandler())
 
 
+def _mount_device(want: str) -> str | None:
+    """``major:minor`` of the mount at the resolved path ``want``, from
+    /proc/self/mountinfo.  Nothing here may stat() the mount point: that
+    would wait for our own, not yet running, request loop."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        # mountinfo escapes blanks and backslashes in octal (\040)
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point == want:
+            found = fields[2]  # the last one is the topmost mount
+    return found
+
+
+def set_readahead(real_mountpoint: str, readahead: int) -> None:
+    """Let the kernel read ahead ``readahead`` bytes on the mount at
+    ``real_mountpoint`` (resolved *before* mounting): fewer, larger FUSE read
+    requests.  Needs root; otherwise the kernel's default (128 KiB) stays.
+    Only effective after the kernel processed the INIT reply, which caps
+    readahead at what the kernel proposed in INIT."""
+    dev = _mount_device(real_mountpoint)
+    if dev is None:
+        return
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(f"{readahead // 1024}\n")
+    except OSError as e:
+        log.debug("read_ahead_kb of %s left as is: %s", dev, e)
+
+
 def _run(
     open_fs: Callable[[], Filesystem],
     mountpoint: str,
     options: Iterable[str],
     threads: int,
     on_ready: Callable[[], None] | None,
+    readahead: int,
 ) -> int:
     with open_fs() as fs:
-        ops = NommuOperations(fs, threads=threads)
+        real_mountpoint = os.path.realpath(mountpoint)
+        def raise_readahead() -> None:
+            set_readahead(real_mountpoint, readahead)
+
+        ops = NommuOperations(
+            fs, threads=threads, on_first_open=raise_readahead if readahead else None
+        )
         opts = mount_options(fs, options)
         try:
             pyfuse3.init(ops, mountpoint, opts)

@@ -51,9 +51,18 @@ class NommuOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
 
-    def __init__(self, fs: Filesystem, *, threads: int = 2) -> None:
+    def __init__(
+        self,
+        fs: Filesystem,
+        *,
+        threads: int = 2,
+        on_first_open: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
         self.fs = fs
+        # runs once, when the kernel has processed our INIT reply (which
+        # would undo settings made earlier, e.g. the bdi's readahead)
+        self._on_first_open = on_first_open
         self.limiter = trio.CapacityLimiter(max(1, threads))
         self.lookup_counts: dict[int, int] = {}
         self.errors = 0  # unexpected exceptions answered with EIO
@@ -227,6 +236,9 @@ class NommuOperations(pyfuse3.Operations):
     async def open(
         self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
+        if self._on_first_open is not None:
+            hook, self._on_first_open = self._on_first_open, None
+            self._call("first open", hook)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
         attr = self._call(f"open {inode}", self.fs.getattr, self._ino(inode))
