@@ -214,3 +214,33 @@ def test_own_fsck_passes_xip_images_and_names_the_page_multiple_hazard(
             fs.read(resolve(fs, "bin/pagemult"), 0, 1 << 20)
             == (cram_tree / "bin/pagemult").read_bytes()
         )
+
+
+def test_device_table_and_all_root(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "dev").mkdir(parents=True)
+    (src / "etc").mkdir()
+    (src / "etc" / "motd").write_bytes(b"hi\n")
+    table = tmp_path / "devs.txt"
+    table.write_text(
+        "# name type mode uid gid major minor start inc count\n"
+        "/dev/console c 600 0 5 5 1 - - -\n"
+        "/dev/ttyS c 660 0 5 4 64 0 1 3\n"
+        "/dev/mtdblock b 640 0 6 31 0 0 1 2\n"
+    )
+    image = mkimage(src, tmp_path / "d.img", "-D", str(table), "-q")
+    with open_image(image) as fs:
+        names = sorted(
+            e.name for e in fs.readdir(resolve(fs, "dev")) if e.name not in (b".", b"..")
+        )
+        assert names == [
+            b"console", b"mtdblock0", b"mtdblock1", b"ttyS0", b"ttyS1", b"ttyS2",
+        ]  # fmt: skip
+        a = fs.getattr(resolve(fs, "dev/ttyS2"))
+        assert stat.S_ISCHR(a.mode) and a.mode & 0o777 == 0o660
+        assert (os.major(a.rdev), os.minor(a.rdev)) == (4, 66) and (a.uid, a.gid) == (0, 5)
+        b = fs.getattr(resolve(fs, "dev/mtdblock1"))
+        assert stat.S_ISBLK(b.mode) and (os.major(b.rdev), os.minor(b.rdev)) == (31, 1)
+        assert fs.getattr(resolve(fs, "etc/motd")).uid == 0
+    if HAVE_FSCK:
+        assert fsck_cramfs(image).returncode == 0
