@@ -20,7 +20,7 @@ NAME: Final = "mkimage"
 HELP: Final = "build an image (EROFS or cramfs) from a directory"
 
 # Format modules, in the order `nommufs mkimage -h` lists them.
-FORMATS: Final[tuple[str, ...]] = ("mkimage.erofs.cli",)
+FORMATS: Final[tuple[str, ...]] = ("mkimage.erofs.cli", "mkimage.cramfs.cli")
 
 
 class FormatCommand(Protocol):
