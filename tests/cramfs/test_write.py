@@ -244,3 +244,22 @@ def test_device_table_and_all_root(tmp_path: Path) -> None:
         assert fs.getattr(resolve(fs, "etc/motd")).uid == 0
     if HAVE_FSCK:
         assert fsck_cramfs(image).returncode == 0
+
+
+def test_cli_reports_losses_on_stderr_and_fails_cleanly(cram_tree: Path, tmp_path: Path) -> None:
+    from tests.conftest import nommufs
+
+    out = tmp_path / "cli.img"
+    r = nommufs("mkimage", "cramfs", "-n", "a-name-longer-than-16", str(cram_tree), str(out))
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode()
+    assert "warning: volume name truncated to 16 bytes" in err
+    assert "name of 255 bytes truncated to 252" in err
+    if IS_ROOT:
+        assert "uid 100000 truncated to 34464" in err
+    with open_image(out) as fs:
+        assert fs.describe()["name"] == "a-name-longer-th"
+    r = nommufs("mkimage", "cramfs", str(tmp_path / "missing"), str(tmp_path / "no.img"))
+    assert r.returncode != 0 and len(r.stderr.decode().strip().splitlines()) == 1
+    assert not (tmp_path / "no.img").exists()
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
