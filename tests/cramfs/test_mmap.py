@@ -279,3 +279,31 @@ def test_small_arena_evicts_page_cache(images: dict[str, Path]) -> None:
         assert data == b"compressible text " * 3000
         st = fs.memory_stats()
         assert st["frames_used"] <= 4 and st["evictions"] >= 10
+
+
+def test_last_page_with_bytes_after_eof_is_not_mapped_from_flash(
+    images: dict[str, Path], tmp_path: Path
+) -> None:
+    import struct
+
+    from fusefs.cramfs.format import CRC_OFFSET, image_crc
+
+    img = bytearray(images["xip"].read_bytes())
+    with _open(images["xip"]) as fs:
+        assert isinstance(fs, CramfsFilesystem)
+        ino = resolve(fs, "bin/true")
+        first, k = fs.xip_pages(ino)
+    eof = first + ELF.stat().st_size
+    img[eof + 10] = 0xAA  # cramfs_last_page_is_shared: the tail page holds foreign bytes
+    struct.pack_into("<I", img, CRC_OFFSET, image_crc(img, 0, len(img)))
+    bad = tmp_path / "shared-tail.img"
+    bad.write_bytes(bytes(img))
+    with _open(bad) as fs:
+        f = fs.mappable(resolve(fs, "bin/true"))
+        space = AddressSpace(fs.arena)
+        vma = space.mmap(f, 0, f.size, PROT_READ, MAP_PRIVATE)
+        assert vma.kind == "mixedmap" and vma.direct_pages == k - 1
+        # the faulted page is zero past EOF; flash would have leaked 0xAA into the process
+        assert vma.read(0, vma.length) == ELF.read_bytes() + bytes(vma.length - f.size)
+        assert vma.frames == 1
+        space.close()
