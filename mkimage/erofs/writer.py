@@ -17,6 +17,7 @@ all data is placed, and directory blocks (which hold nids) come last.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -86,7 +87,7 @@ EXTENDED_OPTIONS: Final = (
     "nosbcrc",
 )
 # Accepted by name but not implemented: refused with UnsupportedFeatureError.
-UNIMPLEMENTED_OPTIONS: Final = ("fragments", "dedupe")
+UNIMPLEMENTED_OPTIONS: Final = ("fragments",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +130,12 @@ class _FileResult:
     layout: DataLayout
     payload: bytes  # whole blocks for the data region
     inline: bytes = b""
-    extents: list[tuple[int, int, int, bool]] = field(default_factory=list)  # la, llen, blocks, z
     chunks: list[int | None] = field(default_factory=list)
+    # -E dedupe: each extent (addresses relative to 0), its pcluster bytes
+    # (empty for an inline tail) and a digest of the data it decodes to
+    placed: list[PlacedExtent] = field(default_factory=list)
+    pieces: list[bytes] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
 
 
 def _prepare_file(
@@ -164,8 +169,12 @@ def _prepare_file(
                 placed.append(PlacedExtent(e.la, e.llen, blk, n or 1, e.compressed))
                 blk += n
             _plan_compressed(ino, placed, opts, codec.algorithm, tail)
-            payload = b"".join(e.payload for e, n in zip(extents, blocks, strict=True) if n)
-            return _FileResult(ino.layout, payload, inline=tail)
+            pieces = [e.payload if n else b"" for e, n in zip(extents, blocks, strict=True)]
+            res = _FileResult(ino.layout, b"".join(pieces), inline=tail)
+            if "dedupe" in opts.extended:
+                res.placed, res.pieces = placed, pieces
+                res.digests = [hashlib.sha256(buf[e.la : e.la + e.llen]).digest() for e in extents]
+            return res
     if codec is None and size >= bs:
         zero = bytes(bs)
         nblk = -(-size // bs)
@@ -195,7 +204,10 @@ def _plan_compressed(
     ino.big = opts.pcluster_size > opts.block_size
     ino.lclusters = lcluster_entries(placed, ino.size, opts.blkszbits, ino.big)
     ino.two_b = opts.blkszbits <= 12
-    ino.compact = "legacy-compress" not in opts.extended and compact_ok(opts.blkszbits, ino.two_b)
+    # dedupe points extents at earlier pclusters: not back to back, so full indexes
+    ino.compact = not {"legacy-compress", "dedupe"} & opts.extended and compact_ok(
+        opts.blkszbits, ino.two_b
+    )
     ino.layout = (
         DataLayout.EROFS_INODE_COMPRESSED_COMPACT
         if ino.compact
@@ -239,6 +251,8 @@ class ErofsWriter:
         self.by_link: dict[LinkKey, Inode] = {}
         self.of_node: dict[int, Inode] = {}  # id(Node) -> inode
         self.parent: dict[int, Node] = {}
+        self.shared_pclusters: dict[tuple[bytes, int, bool, int], int] = {}
+        self.deduped = 0
 
     # -- planning -------------------------------------------------------
 
@@ -325,6 +339,35 @@ class ErofsWriter:
                 lclusterbits=self.opts.blkszbits, two_b=ino.two_b, delta=cursor,
             )  # fmt: skip
 
+    def _dedupe(self, ino: Inode, res: _FileResult, cursor: int) -> bytes:
+        """Point extents whose data an earlier pcluster already decodes to at
+        that pcluster; returns the pclusters still to write, from block
+        ``cursor`` on.  Whole extents only: without partial references a
+        shared pcluster is just a block address in a full index, so the
+        INCOMPAT_DEDUPE bit stays clear and kernels before 6.1 and
+        fsck.erofs 1.5 read the image too."""
+        assert ino.map_header is not None
+        placed = []
+        out = []
+        blk = cursor
+        for e, piece, digest in zip(res.placed, res.pieces, res.digests, strict=True):
+            if not piece:  # inline tail: no block
+                placed.append(dataclasses.replace(e, blkaddr=blk))
+                continue
+            key = (digest, e.llen, e.compressed, e.blocks)
+            addr = self.shared_pclusters.get(key)
+            if addr is None:
+                addr = self.shared_pclusters[key] = blk
+                out.append(piece)
+                blk += e.blocks
+            else:
+                self.deduped += 1
+            placed.append(dataclasses.replace(e, blkaddr=addr))
+        ino.data_blocks = blk - cursor
+        ino.lclusters = lcluster_entries(placed, ino.size, self.opts.blkszbits, ino.big)
+        ino.trailer = full_index_bytes(ino.map_header, ino.lclusters)
+        return b"".join(out)
+
     def _trailer(self, ino: Inode) -> bytes:
         """The layout-specific bytes after core and xattrs (their size does
         not depend on where the inode lands)."""
@@ -362,7 +405,8 @@ class ErofsWriter:
         report = BuildReport(block_size=bs, inodes=len(self.inodes))
         for done, (ino, res) in enumerate(self._file_results(files), 1):
             self._place_file(ino, res, cursor)
-            f.write(res.payload)
+            payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
+            f.write(payload)
             cursor += ino.data_blocks
             if ino.map_header is not None:
                 report.compressed_files += 1

@@ -111,3 +111,35 @@ def test_nommufs_reader_agrees(
     img = build(rich_tree, *options, "-T", str(EPOCH), "--mkfs-time")
     with open_image(str(img), MemoryConfig()) as fs:
         assert diff_trees(rich_snapshot, snapshot_fs(fs)) == []
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(
+    "options",
+    [["-z", "lz4hc"], ["-z", "lz4hc", "-C", "65536", "-E", "ztailpacking"], ["-z", "zstd"]],
+    ids=["lz4hc", "lz4hc-C64k-ztail", "zstd"],
+)
+def test_dedupe_shares_pclusters(
+    options: list[str], rich_tree: Path, build: Build, mounter: Mounter, tmp_path: Path
+) -> None:
+    src = tmp_path / "dup"
+    src.mkdir()
+    for name in ("a", "b"):
+        shutil.copytree(rich_tree / "files", src / name)
+    (src / "prefix").write_bytes((rich_tree / "files" / "text-1048581").read_bytes()[:300_000])
+    timing = ["-T", str(EPOCH), "--mkfs-time"]
+    plain = build(src, *options, *timing)
+    deduped = build(src, *options, "-E", "dedupe", *timing)
+    assert deduped.stat().st_size < plain.stat().st_size * 0.95
+    expected = snapshot(src)
+    assert diff_trees(expected, snapshot(mounter.kernel_erofs(deduped))) == []
+    with open_image(str(deduped), MemoryConfig()) as fs:
+        assert diff_trees(expected, snapshot_fs(fs)) == []
+    if options[1] != "zstd" and shutil.which("fsck.erofs"):
+        out = tmp_path / "extract"
+        proc = subprocess.run(
+            ["fsck.erofs", f"--extract={out}", str(deduped)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        fields = ("size", "target", "data_sha")
+        assert diff_trees(expected, snapshot(out), fields=fields) == []
