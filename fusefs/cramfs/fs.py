@@ -193,7 +193,7 @@ class CramfsFilesystem(Filesystem):
             if ent.pos > offset:
                 yield DirEntry(ent.name, Ino(ent.pos), stat.S_IFMT(ent.inode.mode), ent.pos)
 
-    def _blockmap(self, ino: Ino) -> BlockMap:
+    def blockmap(self, ino: Ino) -> BlockMap:
         bm = self._maps.get(ino)
         if bm is None:
             node = self._node(ino)
@@ -254,7 +254,7 @@ class CramfsFilesystem(Filesystem):
         """Block ``index`` of a file in a page-cache frame (``read_folio``).
 
         The caller holds a reference and drops it with ``cache.release``."""
-        bm = self._blockmap(ino)
+        bm = self.blockmap(ino)
         ext = bm.extent(index)
         for _attempt in range(2):
             try:
@@ -290,7 +290,7 @@ class CramfsFilesystem(Filesystem):
         end = min(fsize, offset + size)
         if offset < 0 or offset >= end:
             return b""
-        bm = self._blockmap(ino)
+        bm = self.blockmap(ino)
         out = bytearray()
         pos = offset
         while pos < end:
@@ -314,7 +314,7 @@ class CramfsFilesystem(Filesystem):
         node = self._node(ino)
         if not stat.S_ISLNK(node.inode.mode):
             raise NotASymlinkError(f"cramfs inode {ino}: not a symbolic link")
-        bm = self._blockmap(ino)
+        bm = self.blockmap(ino)
         return b"".join(self._decode(bm, bm.extent(i)) for i in range(bm.nr))
 
     def listxattr(self, ino: Ino) -> list[bytes]:
@@ -376,7 +376,7 @@ class CramfsFilesystem(Filesystem):
             "data_offset": i.offset << 2,
         }
         if (stat.S_ISREG(i.mode) or stat.S_ISLNK(i.mode)) and i.size:
-            bm = self._blockmap(ino)
+            bm = self.blockmap(ino)
             blocks = []
             for n in range(bm.nr):
                 e = bm.extent(n)
@@ -398,7 +398,7 @@ class CramfsFilesystem(Filesystem):
     def xip_pages(self, ino: Ino, pgoff: int = 0, pages: int | None = None) -> tuple[int, int]:
         """The range test (``cramfs_get_block_range``): (flash offset, k) of the U+D
         blocks contiguous in 4096-byte steps from block ``pgoff``; k == 0: none."""
-        return cmmap.block_range(self._blockmap(ino), pgoff, pages)
+        return cmmap.block_range(self.blockmap(ino), pgoff, pages)
 
     def fsck_extra(self) -> Iterator[str]:
         sb = self.si.sb
@@ -425,7 +425,7 @@ class CramfsFilesystem(Filesystem):
         for ino in self._regular():
             node = self._nodes[ino]
             try:
-                bm = self._blockmap(Ino(ino))
+                bm = self.blockmap(Ino(ino))
                 last = bm.extent(bm.nr - 1)
             except FsError as err:
                 yield str(err)

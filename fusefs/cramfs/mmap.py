@@ -102,9 +102,13 @@ class CramfsMappedFile:
                 "cramfs is read-only: shared writable mapping refused", errno=errno.EINVAL
             )
         try:
-            bm = self.fs._blockmap(self.ino)
+            self._prepare(desc)
         except FsError as e:
-            raise MmapError(str(e), errno=errno.EIO) from e
+            raise MmapError(f"cramfs inode {self.ino}: {e}", errno=errno.EIO) from e
+
+    def _prepare(self, desc: VmAreaDesc) -> None:
+        flags = desc.vm_flags
+        bm = self.fs.blockmap(self.ino)
         flash = self.fs.flash
         if not desc.mmu:
             # cramfs_physmem_get_unmapped_area: inside the file, all pages direct

@@ -6,7 +6,6 @@ import stat
 from dataclasses import dataclass
 
 from fusefs.cramfs.format import (
-    CRAMFS_BLOCK_SIZE,
     CRAMFS_FLAG_FSID_VERSION_2,
     CRAMFS_FLAG_SHIFTED_ROOT_OFFSET,
     CRAMFS_PAD_SIZE,
@@ -95,6 +94,3 @@ def read_super(image: ImageBytes) -> SuperInfo:
     if root_data == 0 and root.size:
         raise bad("root directory has zero offset and non-zero size")
     return SuperInfo(start, endian, sb, size)
-
-
-__all__ = ["CRAMFS_BLOCK_SIZE", "SuperInfo", "probe", "read_super"]

@@ -91,7 +91,7 @@ def test_reproducible(cram_tree: Path, tmp_path: Path) -> None:
 
 def _blockmap(fs: CramfsFilesystem, path: str) -> BlockMap:
     ino = resolve(fs, path)
-    return fs._blockmap(Ino(ino))
+    return fs.blockmap(Ino(ino))
 
 
 @pytest.mark.parametrize("xx", [1, 2])
