@@ -299,6 +299,7 @@ def test_last_page_with_bytes_after_eof_is_not_mapped_from_flash(
     bad = tmp_path / "shared-tail.img"
     bad.write_bytes(bytes(img))
     with _open(bad) as fs:
+        assert isinstance(fs, CramfsFilesystem)
         f = fs.mappable(resolve(fs, "bin/true"))
         space = AddressSpace(fs.arena)
         vma = space.mmap(f, 0, f.size, PROT_READ, MAP_PRIVATE)
