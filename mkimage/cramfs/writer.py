@@ -25,6 +25,7 @@ and fsck treat a zero-length block as a hole regardless) and util-linux
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import stat
 import sys
@@ -117,6 +118,7 @@ class BuildReport:
     blocks: int = 0
     holes: int = 0
     raw_blocks: int = 0
+    shared: int = 0  # files and symlinks stored as a reference to an identical record
     xip_files: list[bytes] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -253,15 +255,28 @@ class CramfsWriter:
         # data records in depth-first tree order
         self.report.files = 1
 
+        records: dict[tuple[bool, bytes, int], int] = {}
+
         def data(d: _Entry) -> None:
             for c in d.children:
                 self.report.files += 1
                 if c.node.is_dir:
                     data(c)
                 elif (c.node.is_reg or c.node.is_lnk) and c.size:
+                    content = c.node.read_data()
+                    if len(content) != c.size:
+                        raise BuildError(f"{show(c.node.path)}: changed size while being read")
+                    # like mkfs.cramfs: identical contents (hard links or copies) share one record
+                    key = (self._is_xip(c, content), hashlib.sha256(content).digest(), c.size)
+                    shared = records.get(key)
+                    if shared is not None:
+                        c.offset = shared
+                        self.report.shared += 1
+                        continue
                     c.offset = len(out)
                     self._check_offset(c.offset, c)
-                    self._record(out, c)
+                    self._record(out, c, content, key[0])
+                    records[key] = c.offset
 
         data(root)
         # image size: a multiple of the block size from byte 0
@@ -315,16 +330,12 @@ class CramfsWriter:
             offset=e.offset >> 2,
         )
 
-    def _record(self, out: bytearray, e: _Entry) -> None:
+    def _record(self, out: bytearray, e: _Entry, data: bytes, xip: bool) -> None:
         """Pointer table and blocks of one file or symlink, 4-padded."""
-        data = e.node.read_data()
-        if len(data) != e.size:
-            raise BuildError(f"{show(e.node.path)}: changed size while being read")
         n = nr_blocks(e.size)
         self.report.blocks += n
         table = len(out)
         out += bytes(4 * n)
-        xip = self._is_xip(e, data)
         align = XIP_ALIGN_MMU if self.opts.xip >= 2 else XIP_ALIGN_NOMMU
         if xip:
             self.report.xip_files.append(e.node.path)

@@ -263,3 +263,17 @@ def test_cli_reports_losses_on_stderr_and_fails_cleanly(cram_tree: Path, tmp_pat
     assert r.returncode != 0 and len(r.stderr.decode().strip().splitlines()) == 1
     assert not (tmp_path / "no.img").exists()
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+@pytest.mark.skipif(shutil.which("mkfs.cramfs") is None, reason="no mkfs.cramfs")
+@pytest.mark.parametrize("options", [(), ("-N", "big"), ("-p", "-e", "5", "-n", "lbl")])
+def test_byte_identical_to_mkfs_cramfs(
+    options: tuple[str, ...], cram_tree_short: Path, tmp_path: Path
+) -> None:
+    """Same layout, order, dedup, truncation and zlib level 6 as util-linux
+    (zlib output itself is the system zlib's, shared by Python and mkfs.cramfs)."""
+    from tests.cramfs.helpers import mkfs_cramfs
+
+    theirs = mkfs_cramfs(cram_tree_short, tmp_path / "u.img", "-b", "4096", *options).read_bytes()
+    ours = mkimage(cram_tree_short, tmp_path / "n.img", *options).read_bytes()
+    assert ours == theirs
