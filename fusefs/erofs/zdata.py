@@ -113,6 +113,10 @@ class PageReader:
         self.pending: collections.OrderedDict[tuple[int, int], tuple[Page, list[tuple[int, int]]]]
         self.pending = collections.OrderedDict()
         self.pending_max = max(1, min(PENDING_MAX, self.arena.nr_pages // 32))
+        # reclaim in batches below a watermark (the kernel's kswapd does the
+        # same): one pass over the LRU frees many frames instead of one
+        self.low_watermark = max(8, self.arena.nr_pages // 32)
+        self.reclaim_batch = max(32, self.arena.nr_pages // 16)
         if self.strategy == "percpu-buffer":
             try:
                 max_pcluster = self.sbi.compr.lz4_max_pclusterblks * self.sbi.block_size
@@ -204,6 +208,11 @@ class PageReader:
                 self.cache.release(page)
         return bytes(out)
 
+    def _reclaim(self) -> None:
+        """Evict a batch of clean page-cache pages when free frames run low."""
+        if self.arena.stats.frames_free < self.low_watermark:
+            self.cache.evict(self.reclaim_batch)
+
     def _fill_plain(
         self, inode: ErofsInode, mapper: Callable[[int], Extent], p: int, p_end: int
     ) -> Page:
@@ -211,6 +220,7 @@ class PageReader:
         stopping at a cached one) of an uncompressed file from the image;
         returns page ``p`` with a reference for the caller."""
         nid = inode.nid
+        self._reclaim()
         first = self._page(nid, p)
         try:
             q = p
@@ -268,6 +278,7 @@ class PageReader:
         """Decode the extents overlapping page ``p`` that it does not hold yet
         into the page cache; returns page ``p`` with a reference for the caller."""
         nid = inode.nid
+        self._reclaim()
         lo, hi = p * PS, min((p + 1) * PS, inode.size)
         rec = self.pending.get((nid, p))
         have = rec[1] if rec is not None else []
