@@ -12,7 +12,10 @@ page-cache frame of the image's arena (``read_folio``) unless
 ``MemoryConfig.xip_read == "direct"``, when uncompressed direct blocks are
 served straight from the image mapping (:class:`mmshim.flash.Flash`), as a
 DAX filesystem would.  Decompressed lengths must be exact (what
-``fsck.cramfs`` requires; the kernel zero-fills instead).
+``fsck.cramfs`` requires; the kernel zero-fills instead).  A block inflates
+to at most one page, so ``MemoryConfig.decompress`` has nothing to choose
+here: zlib writes straight into the page-cache frame, as the kernel's
+cramfs does.
 """
 
 from __future__ import annotations
@@ -443,6 +446,10 @@ class CramfsFilesystem(Filesystem):
                     break
 
     def memory_stats(self) -> dict[str, int]:
+        """Arena occupancy and the read path's counters: ``bytes_decompressed``
+        (zlib output), ``copy_bytes`` (uncompressed blocks copied from flash into
+        page-cache frames) and ``flash_bytes_direct`` (``read()`` served from
+        flash with ``xip_read="direct"``, no frame)."""
         st = self.arena.stats
         cc = self.cache.counters
         out = {

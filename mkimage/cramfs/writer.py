@@ -15,7 +15,10 @@ truncated (as mkfs.cramfs does), names longer than 252 bytes are cut on a
 UTF-8 boundary (as mkcramfs does).  Sizes of 2^24 bytes or more, device
 numbers above 255 and offsets beyond the 26-bit field are refused with a
 :class:`BuildError` naming the path.  Timestamps, xattrs and hard-link
-identity do not exist in cramfs (hard links become separate copies).
+identity do not exist in cramfs: as in mkfs.cramfs, files and symlinks with
+identical contents (hard links or copies) share one data record, and each
+name is its own inode with nlink 1.  Without -z/-x/-X the output is
+byte-identical to util-linux ``mkfs.cramfs -b 4096`` (same zlib level 6).
 
 The ``HOLES`` superblock flag is never set: it is informational (the kernel
 and fsck treat a zero-length block as a hole regardless) and util-linux
