@@ -14,8 +14,8 @@ served straight from the image mapping (:class:`mmshim.flash.Flash`), as a
 DAX filesystem would.  Decompressed lengths must be exact (what
 ``fsck.cramfs`` requires; the kernel zero-fills instead).  A block inflates
 to at most one page, so ``MemoryConfig.decompress`` has nothing to choose
-here: zlib writes straight into the page-cache frame, as the kernel's
-cramfs does.
+here: each block is inflated (Python zlib) and copied into its page-cache
+frame, one page at a time as the kernel's cramfs does.
 """
 
 from __future__ import annotations
