@@ -49,7 +49,7 @@ class NommuOperations(pyfuse3.Operations):
     """Serve one opened :class:`Filesystem` read-only."""
 
     enable_writeback_cache = False
-    supports_dot_lookup = True
+    supports_dot_lookup = False  # no NFS export: the kernel never looks up . or ..
 
     def __init__(
         self,
