@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.cramfs.helpers import compare, fsck_cramfs, mkimage
 
 NAMES = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="/\0"),
     min_size=1,
     max_size=12,
 ).filter(lambda n: n not in (".", "..") and len(n.encode()) <= 252)
