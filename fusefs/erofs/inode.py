@@ -118,9 +118,8 @@ def read_inode(image: ImageBytes, sbi: ErofsSuper, nid: int) -> ErofsInode:
         isize = f.ExtendedInode.SIZE
         mode, nlink, uid, gid, size = e.i_mode, e.i_nlink, e.i_uid, e.i_gid, e.i_size
         mtime, nsec, i_u, ino, icount = e.i_mtime, e.i_mtime_nsec, e.i_u, e.i_ino, e.i_xattr_icount
-        if e.i_nb:
-            # erofs: i_nb of extended inodes is startblk_hi/blocks_hi, only under 48BIT
-            raise CorruptImageError(f"i_nb {e.i_nb} set without 48bit", structure=_STRUCT, nid=nid)
+        # erofs: i_nb of extended inodes is startblk_hi/blocks_hi under 48BIT only
+        # (refused at mount); older images may leave anything in this reserved field
     else:
         c = f.CompactInode.unpack_from(head)
         isize = f.CompactInode.SIZE

@@ -119,10 +119,10 @@ class PageReader:
         self.reclaim_batch = max(32, self.arena.nr_pages // 16)
         if self.strategy == "percpu-buffer":
             try:
+                # lz4's cfg names the largest pcluster; other algorithms start
+                # from one block and grow the buffers when a pcluster needs it
                 max_pcluster = self.sbi.compr.lz4_max_pclusterblks * self.sbi.block_size
-                if self.sbi.compr.available_algs & ~1:
-                    max_pcluster = f.Z_EROFS_PCLUSTER_MAX_SIZE
-                max_pcluster = max(max_pcluster, PS)
+                max_pcluster = max(min(max_pcluster, f.Z_EROFS_PCLUSTER_MAX_SIZE), PS)
                 self.percpu_in = self._alloc(
                     order_for(-(-max_pcluster // PS)), Owner.PERCPU, -1, "percpu input buffer"
                 )
