@@ -240,7 +240,7 @@ def test_mmap_prepare_may_change_only_permitted_fields(xipfs: CramfsFilesystem, 
     space.close()
 
 
-@pytest.mark.parametrize("mm", ["mmu", "nommu-contig"])
+@pytest.mark.parametrize("mm", ["mmu", "nommu-contig", "nommu-bounce"])
 def test_loader_xip_text_costs_no_frames(images: dict[str, Path], mm: str) -> None:
     with _open(images["xip"], mm) as fs:
         reports = {r.path: r for r in map_executables(fs)}
