@@ -519,7 +519,6 @@ class AddressSpace:
                 "MAP_SHARED without an MMU needs data mappable in place (ENODEV)",
                 errno=_errno.ENODEV,
             )
-        desc.remaps = []
         try:
             pages = self.arena.alloc_pages_exact(desc.nr_pages, Owner.OTHER)
         except AllocError as e:
