@@ -114,6 +114,11 @@ def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptio
             extended.add(opt)
     if {"force-inode-compact", "force-inode-extended"} <= extended:
         raise BuildError("-E force-inode-compact and force-inode-extended exclude each other")
+    if codec is None and extended & {"fragments", "ztailpacking", "dedupe", "legacy-compress"}:
+        names = ", ".join(
+            sorted(extended & {"fragments", "ztailpacking", "dedupe", "legacy-compress"})
+        )
+        raise BuildError(f"-E {names}: only with a compressor (-z)")
     if "legacy-compress" in extended and codec is not None and pcluster > bs:
         raise BuildError("-E legacy-compress: no big pclusters (-C must be the block size)")
     fixed = True

@@ -52,6 +52,7 @@ class Inode:
     chunks: list[int | None] = field(default_factory=list)
     nid: int = 0
     trailer: bytes = b""
+    whole_fragment: bool = False  # -E fragments: all data in the packed inode
 
     @property
     def core_size(self) -> int:

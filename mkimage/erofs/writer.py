@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 import threading
 import uuid as uuidlib
 from collections import deque
@@ -36,6 +37,7 @@ from fusefs.erofs.format import (
     EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER,
     EROFS_FEATURE_INCOMPAT_CHUNKED_FILE,
     EROFS_FEATURE_INCOMPAT_COMPR_CFGS,
+    EROFS_FEATURE_INCOMPAT_FRAGMENTS,
     EROFS_FEATURE_INCOMPAT_ZERO_PADDING,
     EROFS_FEATURE_INCOMPAT_ZTAILPACKING,
     EROFS_NULL_ADDR,
@@ -44,10 +46,12 @@ from fusefs.erofs.format import (
     Z_EROFS_ADVISE_BIG_PCLUSTER_1,
     Z_EROFS_ADVISE_BIG_PCLUSTER_2,
     Z_EROFS_ADVISE_COMPACTED_2B,
+    Z_EROFS_ADVISE_FRAGMENT_PCLUSTER,
     Z_EROFS_ADVISE_INLINE_PCLUSTER,
     Z_EROFS_COMPRESSION_DEFLATE,
     Z_EROFS_COMPRESSION_LZ4,
     Z_EROFS_COMPRESSION_ZSTD,
+    Z_EROFS_FRAGMENT_INODE_BIT,
     Z_EROFS_PCLUSTER_MAX_SIZE,
     DataLayout,
     DeflateCfgs,
@@ -63,7 +67,7 @@ from fusefs.erofs.format import (
 from fusefs.errors import BuildError, UnsupportedFeatureError
 from mkimage.erofs import dir as dirmod
 from mkimage.erofs import inode as inodemod
-from mkimage.erofs.compress import Codec, DestSize, cut_extents
+from mkimage.erofs.compress import Codec, DestSize, Extent, cut_extents
 from mkimage.erofs.inode import Inode
 from mkimage.erofs.xattr import XattrTable
 from mkimage.erofs.zmap import (
@@ -74,7 +78,7 @@ from mkimage.erofs.zmap import (
     lcluster_entries,
     rebase,
 )
-from mkimage.tree import LinkKey, Node, Tree, show
+from mkimage.tree import BytesData, LinkKey, Node, Tree, show
 
 EXTENDED_OPTIONS: Final = (
     "ztailpacking",
@@ -87,7 +91,7 @@ EXTENDED_OPTIONS: Final = (
     "nosbcrc",
 )
 # Accepted by name but not implemented: refused with UnsupportedFeatureError.
-UNIMPLEMENTED_OPTIONS: Final = ("fragments",)
+UNIMPLEMENTED_OPTIONS: Final[tuple[str, ...]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,7 @@ class _FileResult:
     placed: list[PlacedExtent] = field(default_factory=list)
     pieces: list[bytes] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
+    fragment: bytes = b""  # -E fragments: the tail that goes to the packed inode
 
 
 def _prepare_file(
@@ -145,14 +150,17 @@ def _prepare_file(
     bs = opts.block_size
     size = len(data)
     codec = opts.codec
-    ztail = "ztailpacking" in opts.extended
-    if codec is not None and destsize is not None and (size > bs or (ztail and size > 0)):
+    frag = "fragments" in opts.extended
+    ztail = "ztailpacking" in opts.extended and not frag
+    if codec is not None and destsize is not None and (size > bs or ((ztail or frag) and size > 0)):
         buf = bytearray(data)
         zero_padding = not ("legacy-compress" in opts.extended and codec.algorithm == 0)
         inline_max = bs - EROFS_SLOTSIZE if ztail else 0
         extents = cut_extents(
             buf, destsize, opts.pcluster_size, bs, zero_padding=zero_padding, inline_max=inline_max
         )
+        if frag:
+            return _fragmented(ino, buf, extents, opts, codec.algorithm)
         tail = b""
         if ztail and len(extents[-1].inline_bytes) <= inline_max:
             tail = extents[-1].inline_bytes
@@ -193,13 +201,48 @@ def _prepare_file(
     return _flat(data, ino, opts, regular=True)
 
 
+def _fragmented(
+    ino: Inode, buf: bytearray, extents: list[Extent], opts: ErofsOptions, alg: int
+) -> _FileResult:
+    """-E fragments: the last extent's data goes to the packed inode (the
+    whole file when it is one extent); the others stay pclusters."""
+    bs = opts.block_size
+    last = extents[-1]
+    placed = []
+    blk = 0
+    for e in extents[:-1]:
+        placed.append(PlacedExtent(e.la, e.llen, blk, len(e.payload) // bs, e.compressed))
+        blk += len(e.payload) // bs
+    placed.append(PlacedExtent(last.la, ino.size - last.la, 0, 1, True, fragment=True))
+    pieces = [e.payload for e in extents[:-1]] + [b""]
+    if len(extents) == 1:
+        # erofs: a whole-file fragment is a bare 8-byte header with bit 63 set
+        ino.layout = DataLayout.EROFS_INODE_COMPRESSED_FULL
+        ino.map_header = MapHeader.with_fragmentoff(0, 0, 0, 1 << Z_EROFS_FRAGMENT_INODE_BIT)
+        ino.trailer = (1 << 63).to_bytes(8, "little")
+        ino.whole_fragment = True
+    else:
+        _plan_compressed(ino, placed, opts, alg, b"", fragment=True)
+    res = _FileResult(ino.layout, b"".join(pieces), fragment=bytes(buf[last.la :]))
+    if "dedupe" in opts.extended and not ino.whole_fragment:
+        res.placed, res.pieces = placed, pieces
+        res.digests = [hashlib.sha256(buf[e.la : e.la + e.llen]).digest() for e in extents]
+    return res
+
+
 def _plan_compressed(
-    ino: Inode, placed: list[PlacedExtent], opts: ErofsOptions, alg: int, tail: bytes
+    ino: Inode,
+    placed: list[PlacedExtent],
+    opts: ErofsOptions,
+    alg: int,
+    tail: bytes,
+    *,
+    fragment: bool = False,
 ) -> None:
     """Layout, map header, lcluster indexes and their bytes (addresses
     relative to the file's first block) of a compressed inode; ``tail`` is
     the last pcluster when it is stored inline (ztailpacking)."""
-    ino.physical_blocks = sum(e.blocks for e in placed) - (1 if tail else 0)
+    ino.physical_blocks = sum(e.blocks for e in placed) - (1 if tail or fragment else 0)
     ino.inline = tail
     ino.big = opts.pcluster_size > opts.block_size
     ino.lclusters = lcluster_entries(placed, ino.size, opts.blkszbits, ino.big)
@@ -218,6 +261,8 @@ def _plan_compressed(
         advise |= Z_EROFS_ADVISE_BIG_PCLUSTER_1 | Z_EROFS_ADVISE_BIG_PCLUSTER_2
     if tail:
         advise |= Z_EROFS_ADVISE_INLINE_PCLUSTER
+    if fragment:
+        advise |= Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
     ino.map_header = MapHeader(0, len(tail), advise, alg, 0)
     hpos = inodemod.trailer_offset(ino)
     if ino.compact:
@@ -252,6 +297,7 @@ class ErofsWriter:
         self.of_node: dict[int, Inode] = {}  # id(Node) -> inode
         self.parent: dict[int, Node] = {}
         self.shared_pclusters: dict[tuple[bytes, int, bool, int], int] = {}
+        self.packed: Inode | None = None
         self.deduped = 0
 
     # -- planning -------------------------------------------------------
@@ -339,6 +385,36 @@ class ErofsWriter:
                 lclusterbits=self.opts.blkszbits, two_b=ino.two_b, delta=cursor,
             )  # fmt: skip
 
+    def _add_fragment(self, ino: Inode, fragment: bytes, packed: bytearray) -> None:
+        """Append a file's tail to the packed inode's data; its offset goes
+        into the map header (the first 4 bytes, or all 8 for a whole file)."""
+        off = len(packed)
+        packed += fragment
+        if ino.whole_fragment:
+            ino.trailer = (off | 1 << 63).to_bytes(8, "little")
+            return
+        if off > 0xFFFFFFFF:
+            raise BuildError("-E fragments: the packed inode outgrew 4 GiB")
+        ino.trailer = off.to_bytes(4, "little") + ino.trailer[4:]
+
+    def _write_packed(self, f: BinaryIO, data: bytes, cursor: int) -> int:
+        """The packed inode (not in any directory): the fragments, compressed
+        like any file; returns the next free block."""
+        opts = dataclasses.replace(self.opts, extended=self.opts.extended - {"fragments"})
+        mtime = opts.build_time * 10**9
+        node = Node(path=b"(packed inode)", mode=stat.S_IFREG | 0o600, uid=0, gid=0,
+                    mtime_ns=mtime, size=len(data), data=BytesData(data))  # fmt: skip
+        ino = Inode(node, len(self.inodes) + 1, node.mtime_ns, size=len(data))
+        inodemod.choose_core(ino, opts.build_time, force_compact=False, force_extended=False)
+        ds = opts.codec.destsize(opts.pcluster_size) if opts.codec is not None else None
+        res = _prepare_file(node, ino, opts, ds)
+        self._place_file(ino, res, cursor)
+        payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
+        f.write(payload)
+        self.inodes.append(ino)
+        self.packed = ino
+        return cursor + ino.data_blocks
+
     def _dedupe(self, ino: Inode, res: _FileResult, cursor: int) -> bytes:
         """Point extents whose data an earlier pcluster already decodes to at
         that pcluster; returns the pclusters still to write, from block
@@ -403,17 +479,22 @@ class ErofsWriter:
         f.seek(cursor * bs)
         files = [i for i in self.inodes if i.node.is_reg]
         report = BuildReport(block_size=bs, inodes=len(self.inodes))
+        packed = bytearray()
         for done, (ino, res) in enumerate(self._file_results(files), 1):
             self._place_file(ino, res, cursor)
             payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
             f.write(payload)
             cursor += ino.data_blocks
+            if res.fragment:
+                self._add_fragment(ino, res.fragment, packed)
             if ino.map_header is not None:
                 report.compressed_files += 1
             if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
                 report.chunked_files += 1
             if opts.progress is not None:
                 opts.progress(done, len(files))
+        if packed:
+            cursor = self._write_packed(f, bytes(packed), cursor)
         meta_blk = cursor
         # directories and symlinks: sizes now, data once nids are known
         late: list[tuple[Inode, bytes]] = []
@@ -475,6 +556,8 @@ class ErofsWriter:
             compat |= EROFS_FEATURE_COMPAT_SB_CHKSUM
         if any(i.layout == DataLayout.EROFS_INODE_CHUNK_BASED for i in self.inodes):
             incompat |= EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
+        if self.packed is not None:
+            incompat |= EROFS_FEATURE_INCOMPAT_FRAGMENTS
         if any(i.map_header is not None and i.inline for i in self.inodes):
             incompat |= EROFS_FEATURE_INCOMPAT_ZTAILPACKING
         sb = SuperBlock(
@@ -491,6 +574,7 @@ class ErofsWriter:
             volume_name=opts.label.ljust(16, b"\0"),
             feature_incompat=int(incompat),
             u1=u1,
+            packed_nid=self.packed.nid if self.packed is not None else 0,
         )
         first = bytearray(head_blocks * bs)
         first[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + SuperBlock.SIZE] = sb.pack()

@@ -37,11 +37,11 @@ class Lcluster:
 
     type: int
     clusterofs: int = 0  # HEAD/PLAIN
-    blkaddr: int = 0  # HEAD/PLAIN (0 for the EOF sentinel)
+    blkaddr: int = 0  # HEAD/PLAIN (0 for the EOF sentinel and a fragment)
     delta0: int = 0  # NONHEAD
     delta1: int = 0  # NONHEAD
     cblkcnt: int = 0  # NONHEAD right after a big-pcluster HEAD: its block count
-    sentinel: bool = False
+    sentinel: bool = False  # no block address: the EOF sentinel, or a fragment's HEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,7 @@ class PlacedExtent:
     blkaddr: int
     blocks: int
     compressed: bool
+    fragment: bool = False  # the tail stored in the packed inode
 
 
 def lcluster_entries(
@@ -71,7 +72,12 @@ def lcluster_entries(
         if out[n0] is not None:
             raise BuildError(f"internal: two extents start in lcluster {n0}")
         ltype = Z_EROFS_LCLUSTER_TYPE_HEAD1 if e.compressed else Z_EROFS_LCLUSTER_TYPE_PLAIN
-        out[n0] = Lcluster(ltype, clusterofs=c, blkaddr=e.blkaddr)
+        if e.fragment:
+            # erofs: a fragment's HEAD1 has no pcluster; in full indexes its
+            # blkaddr holds bits 32..63 of the fragment offset (0 here)
+            out[n0] = Lcluster(Z_EROFS_LCLUSTER_TYPE_HEAD1, clusterofs=c, sentinel=True)
+        else:
+            out[n0] = Lcluster(ltype, clusterofs=c, blkaddr=e.blkaddr)
         for j in range(1, crossed):
             if n0 + j >= total:
                 break

@@ -86,6 +86,7 @@ def test_help_and_version(module: str) -> None:
     [
         (["-E", "ztailpackin"], "ztailpackin"),
         (["-E", "noinline_data,bogus"], "bogus"),
+        (["-E", "fragments"], "-z"),
         (["-C", "3000"], "-C 3000"),
         (["-C", str(2 << 20)], "-C"),
         (["-b", "1000"], "-b 1000"),

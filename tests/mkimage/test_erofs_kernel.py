@@ -35,6 +35,13 @@ SPREAD = [
         ["-z", "zstd", "-b", "1024", "-C", "8192", "-E", "ztailpacking"],
         False,
     ),
+    (
+        "lz4hc-C64k-fragments-dedupe",
+        ["-z", "lz4hc", "-C", "65536", "-E", "fragments,dedupe"],
+        False,
+    ),
+    ("lz4-fragments-legacy", ["-z", "lz4", "-E", "fragments,legacy-compress"], False),
+    ("zstd-b1024-fragments", ["-z", "zstd", "-b", "1024", "-E", "fragments,ztailpacking"], False),
     ("zstd", ["-z", "zstd"], False),
     ("zstd12-b512-C16k", ["-z", "zstd,12", "-b", "512", "-C", "16384"], False),
     ("deflate-C64k", ["-z", "deflate", "-C", "65536"], False),
@@ -101,9 +108,10 @@ def test_kernel_mount_matches_source(
     [
         ["-z", "lz4hc", "-C", "65536"],
         ["-z", "zstd", "-b", "1024", "-E", "ztailpacking"],
+        ["-z", "lz4hc", "-E", "fragments"],
         ["-z", "none"],
     ],
-    ids=["lz4hc-C64k", "zstd-b1024-ztail", "none"],
+    ids=["lz4hc-C64k", "zstd-b1024-ztail", "lz4hc-fragments", "none"],
 )
 def test_nommufs_reader_agrees(
     options: list[str], rich_tree: Path, rich_snapshot: dict[str, Entry], build: Build
