@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import os
 import stat
 import threading
@@ -511,18 +512,11 @@ class ErofsWriter:
             ino.layout, ino.inline = res.layout, res.inline
             ino.data_blocks = len(res.payload) // bs
             late.append((ino, res.payload))
-        # metadata layout
         shared = self.xattrs.area
-        pos = round_up(len(shared), EROFS_SLOTSIZE)
-        for ino in self.inodes:
-            total = inodemod.trailer_offset(ino) + self._trailer_size(ino)
-            pos = self._slot(ino, pos, total)
-            ino.nid = pos // EROFS_SLOTSIZE
-            pos += round_up(total, EROFS_SLOTSIZE)
+        meta_blocks = self._layout_metadata(len(shared))
         root = self.of_node[id(self.tree.root)]
         if root.nid > 0xFFFF:
             raise BuildError("the shared xattr area is too large for the root inode's nid")
-        meta_blocks = -(-pos // bs)
         cursor = meta_blk + meta_blocks
         for ino, _payload in late:
             ino.startblk = cursor
@@ -599,6 +593,42 @@ class ErofsWriter:
             if incompat & bit
         )
         return report
+
+    def _layout_metadata(self, shared_size: int) -> int:
+        """Give every inode its nid; returns the metadata area's block count.
+
+        Inodes that fit in one block go, in tree order, into the partly used
+        block with the least room that holds them (best fit, ties to the
+        lowest block), so inline tails do not leave most of a block empty;
+        larger ones start at the end of the area."""
+        bs, slots_per_block = self.bs, self.bs // EROFS_SLOTSIZE
+        # free slots -> heap of blocks with exactly that many free slots at their end
+        room: list[list[int]] = [[] for _ in range(slots_per_block + 1)]
+        end = round_up(shared_size, EROFS_SLOTSIZE)
+        end_block = -(-end // bs)
+        if end % bs:
+            heapq.heappush(room[(bs - end % bs) // EROFS_SLOTSIZE], end // bs)
+        for ino in self.inodes:
+            total = inodemod.trailer_offset(ino) + self._trailer_size(ino)
+            need = -(-total // EROFS_SLOTSIZE)
+            if need <= slots_per_block:
+                k = next((k for k in range(need, slots_per_block + 1) if room[k]), None)
+                if k is None:
+                    blk, k = end_block, slots_per_block
+                    end_block += 1
+                else:
+                    blk = heapq.heappop(room[k])
+                pos = blk * bs + (slots_per_block - k) * EROFS_SLOTSIZE
+                if k > need:
+                    heapq.heappush(room[k - need], blk)
+            else:
+                pos = self._slot(ino, end_block * bs, total)
+                stop = pos + need * EROFS_SLOTSIZE
+                end_block = -(-stop // bs)
+                if stop % bs:
+                    heapq.heappush(room[(bs - stop % bs) // EROFS_SLOTSIZE], stop // bs)
+            ino.nid = pos // EROFS_SLOTSIZE
+        return end_block
 
     def _slot(self, ino: Inode, pos: int, total: int) -> int:
         """The first 32-byte slot at or after ``pos`` where ``ino`` may start."""
