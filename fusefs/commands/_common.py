@@ -44,6 +44,13 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="arena size, a multiple of 4 KiB (default: 64M)",
     )
+    g.add_argument(
+        "--xip-read",
+        choices=("pagecache", "direct"),
+        default="pagecache",
+        help="cramfs XIP files: read() through the page cache as the kernel does (default), "
+        "or straight from flash as a DAX filesystem would",
+    )
 
 
 def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
@@ -51,7 +58,7 @@ def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
         mm=args.mm,
         decompress=args.decompress,
         arena_bytes=args.arena,
-        xip_read=getattr(args, "xip_read", "pagecache"),
+        xip_read=args.xip_read,
     )
 
 
