@@ -189,6 +189,7 @@ def _run(
 ) -> int:
     with open_fs() as fs:
         real_mountpoint = os.path.realpath(mountpoint)
+
         def raise_readahead() -> None:
             set_readahead(real_mountpoint, readahead)
 
