@@ -167,3 +167,27 @@ def test_extract_refuses_hostile_names(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     r = nommufs("fsck", str(image))
     assert r.returncode == 1
+
+
+def test_extract_without_privileges_skips_devices(tmp_path: Path) -> None:
+    """The non-root path (no chown, no device nodes), taken in-process."""
+    import stat
+
+    from fusefs.commands.extract import extract
+    from fusefs.vfs import open_image
+
+    tree = build_small_tree(tmp_path / "tree")
+    os.mkfifo(tree / "fifo")
+    if os.geteuid() == 0:
+        os.mknod(tree / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.chown(tree / "file1.txt", 4321, 8765)
+    image = mkfs_erofs(tmp_path / "img.erofs", tree, "-zlz4")
+    with open_image(image) as fs:
+        report = extract(fs, tmp_path / "out", owners=False, devices=False)
+    out = tmp_path / "out"
+    assert stat.S_ISFIFO(os.lstat(out / "fifo").st_mode)
+    assert os.lstat(out / "file1.txt").st_uid == os.geteuid()
+    assert (out / "file5.txt").read_bytes() == (tree / "file5.txt").read_bytes()
+    if os.geteuid() == 0:
+        assert not os.path.lexists(out / "null")
+        assert any("null: device node skipped" in w for w in report.warnings), report.warnings
