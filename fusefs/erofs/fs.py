@@ -26,6 +26,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 from fusefs.erofs import format as f
 from fusefs.erofs.data import Extent, map_blocks
 from fusefs.erofs.dir import block_maxsize, dir_nblocks, iter_entries
+from fusefs.erofs.format import Nid
 from fusefs.erofs.inode import ErofsInode, read_inode
 from fusefs.erofs.namei import find_entry
 from fusefs.erofs.super import ErofsSuper, read_super
@@ -103,7 +104,7 @@ class ErofsFilesystem(Filesystem):
         self.reader = PageReader(image, self.sbi, memory)
         try:
             self.reader.read_fragment = self._read_fragment
-            root = self._inode(self.sbi.root_nid)
+            root = self._inode(Nid(self.sbi.root_nid))
             if not root.is_dir:
                 raise CorruptImageError(
                     f"root inode is not a directory (mode {root.mode:#o})",
@@ -118,8 +119,8 @@ class ErofsFilesystem(Filesystem):
     # -- identifiers and caches ----------------------------------------------------
 
     @staticmethod
-    def nid_of(ino: Ino) -> int:
-        return int(ino) - INO_BIAS
+    def nid_of(ino: Ino) -> Nid:
+        return Nid(int(ino) - INO_BIAS)
 
     @staticmethod
     def ino_of(nid: int) -> Ino:
@@ -129,7 +130,7 @@ class ErofsFilesystem(Filesystem):
     def root(self) -> Ino:
         return self.ino_of(self.sbi.root_nid)
 
-    def _load(self, nid: int) -> tuple[ErofsInode, ZMap | None]:
+    def _load(self, nid: Nid) -> tuple[ErofsInode, ZMap | None]:
         with self.lock:
             hit = self.inode_cache.get(nid)
             if hit is not None:
@@ -144,7 +145,7 @@ class ErofsFilesystem(Filesystem):
                 self.inode_cache.popitem(last=False)
             return inode, zmap
 
-    def _inode(self, nid: int) -> ErofsInode:
+    def _inode(self, nid: Nid) -> ErofsInode:
         return self._load(nid)[0]
 
     def inode(self, ino: Ino) -> ErofsInode:
@@ -202,7 +203,7 @@ class ErofsFilesystem(Filesystem):
             )
         self._fragment_depth += 1
         try:
-            packed = self._inode(nid)
+            packed = self._inode(Nid(nid))
             if not packed.is_reg:
                 raise CorruptImageError(
                     "packed inode is not a regular file", structure="erofs packed inode", nid=nid
@@ -247,7 +248,7 @@ class ErofsFilesystem(Filesystem):
     def _dirent_type(self, rec: f.DirEntryRecord) -> int:
         t = f.mode_type_from_ftype(rec.file_type)
         if not t:
-            t = stat.S_IFMT(self._inode(rec.nid).mode)
+            t = stat.S_IFMT(self._inode(Nid(rec.nid)).mode)
         return t
 
     # -- the Filesystem interface ----------------------------------------------
@@ -450,7 +451,7 @@ class ErofsFilesystem(Filesystem):
                 continue
             seen.add(nid)
             try:
-                d = self._inode(nid)
+                d = self._inode(Nid(nid))
                 nblocks = dir_nblocks(d.size, self.sbi.block_size)
                 prev: bytes | None = None
                 dots: dict[bytes, int] = {}
@@ -468,7 +469,7 @@ class ErofsFilesystem(Filesystem):
                         continue
                     inodes.add(rec.nid)
                     try:
-                        child = self._inode(rec.nid)
+                        child = self._inode(Nid(rec.nid))
                     except FsError as e:
                         yield f"nid {nid}: {name!r}: {e}"
                         continue
@@ -481,7 +482,9 @@ class ErofsFilesystem(Filesystem):
                         todo.append((rec.nid, nid))
                     elif child.is_compressed:
                         try:
-                            self._load(rec.nid)[1].verify()  # type: ignore[union-attr]
+                            zmap = self._load(Nid(rec.nid))[1]
+                            if zmap is not None:
+                                zmap.verify()
                         except FsError as e:
                             yield f"nid {rec.nid} ({name!r}): {e}"
                 if dots.get(b".") != nid:

@@ -7,6 +7,7 @@ import stat
 from dataclasses import dataclass
 
 from fusefs.erofs import format as f
+from fusefs.erofs.format import Nid
 from fusefs.erofs.super import ErofsSuper
 from fusefs.errors import CorruptImageError, UnsupportedFeatureError
 from fusefs.vfs import ImageBytes
@@ -31,7 +32,7 @@ _MAX_SIZE = (1 << 63) - 1
 class ErofsInode:
     """One inode's core, decoded; positions are byte offsets in the image."""
 
-    nid: int
+    nid: Nid
     iloc: int  # byte offset of the core
     version: int  # 0 compact, 1 extended
     layout: int  # EROFS_INODE_*
@@ -97,7 +98,7 @@ class ErofsInode:
         return f.DataLayout(self.layout).name
 
 
-def read_inode(image: ImageBytes, sbi: ErofsSuper, nid: int) -> ErofsInode:
+def read_inode(image: ImageBytes, sbi: ErofsSuper, nid: Nid) -> ErofsInode:
     """Read and validate inode ``nid``."""
     if nid < 0 or nid >= 1 << 58:
         raise CorruptImageError(f"nid {nid} out of range", structure=_STRUCT, nid=nid)
