@@ -702,4 +702,7 @@ def build_erofs(tree: Tree, opts: ErofsOptions, f: BinaryIO) -> BuildReport:
     for name in UNIMPLEMENTED_OPTIONS:
         if name in opts.extended:
             raise UnsupportedFeatureError(f"-E {name}: not implemented by nommufs mkimage yet")
-    return ErofsWriter(tree, opts).write(f)
+    try:
+        return ErofsWriter(tree, opts).write(f)
+    except OSError as e:
+        raise BuildError(f"writing the image: {e.strerror or e}") from None

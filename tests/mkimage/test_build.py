@@ -227,3 +227,14 @@ def test_tar_input(small_tree: Path, build: Build, tmp_path: Path, mounter: Moun
     for p in small_tree.rglob("*"):
         rel = p.relative_to(small_tree)
         assert int(os.lstat(mnt / rel).st_mtime) == int(os.lstat(p).st_mtime)
+
+
+def test_block_size_above_page_size_warns_and_reads_back(small_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b16k.img"
+    proc = run_cli("erofs", "-q", "-b", "16384", "-z", "lz4hc", "-C", "65536", "-T", "9",
+                   "--mkfs-time", str(out), str(small_tree))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: -b 16384" in proc.stderr and "page size" in proc.stderr
+    assert out.stat().st_size % 16384 == 0
+    with open_image(str(out), MemoryConfig()) as fs:
+        assert diff_trees(snapshot(small_tree), snapshot_fs(fs)) == []
