@@ -63,9 +63,9 @@ from fusefs.erofs.decompress import decompress
 from fusefs.erofs.inode import ErofsInode
 from fusefs.erofs.super import ErofsSuper
 from fusefs.erofs.zmap import ZExtent, ZKind, ZMap
-from fusefs.errors import CorruptImageError, OutOfMemoryError
+from fusefs.errors import CorruptImageError, FsError, OutOfMemoryError
 from fusefs.vfs import ImageBytes, MemoryConfig
-from mmshim import PAGE_SIZE, Arena, Owner, Page, PageCache, is_contiguous
+from mmshim import PAGE_SIZE, Arena, MmshimError, Owner, Page, PageCache, is_contiguous
 
 PS = PAGE_SIZE
 PENDING_MAX = 32
@@ -591,5 +591,10 @@ class PageReader:
             if buf is not None:
                 self.arena.free_pages(buf)
         self.percpu_in = self.percpu_out = None
-        self.cache.close()
-        self.arena.close()
+        try:
+            self.cache.close()
+            self.arena.close()
+        except MmshimError as e:
+            # a reference or mapping still held is a bug here; say so as an
+            # FsError (nothing else leaves the library) naming what leaked
+            raise FsError(f"erofs: closing the arena: {e}") from None
