@@ -36,6 +36,8 @@ from fusefs.errors import BuildError
 LinkKey = NewType("LinkKey", tuple[int, int])
 """Identity of a source inode: ``(st_dev, st_ino)``; tar members get ``(-1, n)``."""
 
+NAME_MAX = 255  # longest name any of the image formats stores
+
 SUPPORTED_TYPES = (
     stat.S_IFREG,
     stat.S_IFDIR,
@@ -341,7 +343,9 @@ def _node_from_stat(full: bytes, rel: bytes, st: os.stat_result) -> Node:
 def _tar_path(name: str) -> bytes:
     parts = [p for p in os.fsencode(name).split(b"/") if p not in (b"", b".")]
     if any(p == b".." for p in parts):
-        raise BuildError(f"{name}: tar member path escapes the root")
+        raise BuildError(f"{name}: path escapes the root")
+    if any(len(p) > NAME_MAX or b"\0" in p for p in parts):
+        raise BuildError(f"{name}: a name is longer than {NAME_MAX} bytes or holds a NUL")
     return b"/".join(parts)
 
 

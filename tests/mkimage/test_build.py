@@ -238,3 +238,23 @@ def test_block_size_above_page_size_warns_and_reads_back(small_tree: Path, tmp_p
     assert out.stat().st_size % 16384 == 0
     with open_image(str(out), MemoryConfig()) as fs:
         assert diff_trees(snapshot(small_tree), snapshot_fs(fs)) == []
+
+
+@pytest.mark.parametrize(
+    ("member", "needle"),
+    [("../escape", "escapes the root"), ("a/" + "n" * 256, "longer than 255")],
+)
+def test_hostile_tar_is_refused(member: str, needle: str, tmp_path: Path) -> None:
+    import io
+
+    tar = tmp_path / "bad.tar"
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo(member)
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"abc"))
+    out = tmp_path / "out" / "img"
+    out.parent.mkdir()
+    proc = run_cli("erofs", "--tar", str(out), str(tar))
+    assert proc.returncode == 1 and needle in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert os.listdir(out.parent) == []
