@@ -4,6 +4,7 @@ field by field."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from fusefs.erofs.fs import ErofsFilesystem
 from fusefs.vfs import MemoryConfig, open_image, resolve
+from tests.conftest import Mounter, missing_kernel_erofs
 from tests.conftest import mkfs_erofs as mkfs
 from tests.erofs.helpers import rich_tree_for_mkfs
 from tests.trees import DEFAULT_FIELDS, Entry, diff_trees, snapshot, snapshot_fs
@@ -145,3 +147,58 @@ def test_fsck_erofs_agrees_images_are_clean(rich_tree: Path, tmp_path: Path) -> 
         assert list(fs.fsck_extra()) == []
         for item in snapshot_fs(fs, xattrs=False).values():
             assert stat.S_IFMT(item.mode) != 0
+
+
+def _with_long_prefix(image: bytes, entry_pos: int, infix: bytes) -> bytes:
+    """Add a long xattr name prefix table (one prefix: ``user.`` + ``infix``)
+    in a new last block and point the inline entry at ``entry_pos`` to it."""
+    import struct
+
+    from fusefs.erofs import format as f
+
+    out = bytearray(image)
+    table_at = len(out)
+    record = struct.pack("<HB", 1 + len(infix), f.EROFS_XATTR_INDEX_USER) + infix
+    out += record + bytes(4096 - len(record))
+    sb_at = f.EROFS_SUPER_OFFSET
+    sb = f.SuperBlock.unpack_from(out, sb_at)
+    import dataclasses
+
+    sb = dataclasses.replace(
+        sb,
+        feature_incompat=sb.feature_incompat | f.EROFS_FEATURE_INCOMPAT_XATTR_PREFIXES,
+        xattr_prefix_count=1,
+        xattr_prefix_start=table_at // 4,
+        blocks_lo=sb.blocks_lo + 1,
+    )
+    out[sb_at : sb_at + f.SuperBlock.SIZE] = sb.pack()
+    out[entry_pos + 1] = f.EROFS_XATTR_LONG_PREFIX | 0
+    length = f.sb_checksum_length(sb.blkszbits)
+    out[sb_at + 4 : sb_at + 8] = f.superblock_checksum(out[sb_at : sb_at + length]).to_bytes(
+        4, "little"
+    )
+    return bytes(out)
+
+
+def test_long_xattr_name_prefixes(tmp_path: Path, mounter: Mounter) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.setxattr(src / "f", "user.xxxabc", b"value")
+    img = mkfs(tmp_path / "img", src)
+    with open_image(img) as fs:
+        assert isinstance(fs, ErofsFilesystem)
+        inode = fs.inode(resolve(fs, "f"))
+        entry_pos = inode.xattr_pos + 12  # no shared ids: the first inline entry
+    patched = tmp_path / "long.img"
+    patched.write_bytes(_with_long_prefix(img.read_bytes(), entry_pos, b"pre"))
+    with open_image(patched) as fs:
+        f_ino = resolve(fs, "f")
+        assert fs.listxattr(f_ino) == [b"user.prexxxabc"]
+        assert fs.getxattr(f_ino, b"user.prexxxabc") == b"value"
+        assert "xattr_prefixes" in fs.describe()["feature_incompat"]
+    # the kernel agrees, where it can be asked
+    if missing_kernel_erofs() is None:
+        mnt = mounter.kernel_erofs(patched)
+        assert os.listxattr(mnt / "f") == ["user.prexxxabc"]
+        assert os.getxattr(mnt / "f", "user.prexxxabc") == b"value"
