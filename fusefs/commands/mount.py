@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="kernel readahead on the mount, as root (default: 1M; 0: the kernel's 128K)",
     )
+    parser.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="write the memory counters (arena, page cache, copies) to FILE as JSON "
+        "on SIGUSR1 and after unmounting",
+    )
     add_image_arguments(parser)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
 
@@ -52,4 +58,5 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         foreground=args.foreground,
         readahead=args.readahead,
+        stats_path=args.stats,
     )

@@ -5,12 +5,15 @@ trio, no threads yet): the child opens the image, mounts, reports ``OK`` (or
 its one-line error) through a pipe, detaches and serves; the parent waits on
 the pipe and returns the outcome, like squashfuse.  SIGINT and SIGTERM end
 the serving loop and unmount cleanly; an external ``fusermount3 -u`` ends it
-too.
+too.  With a stats file, the image's memory counters are written there as
+JSON on SIGUSR1 and once more after unmounting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import logging.handlers
 import os
@@ -48,8 +51,29 @@ def mount_options(fs: Filesystem, extra: Iterable[str]) -> set[str]:
     return opts
 
 
-async def _serve(ops: NommuOperations, max_tasks: int) -> None:
+def write_stats(fs: Filesystem, path: str) -> None:
+    """The memory counters of ``fs`` as one JSON object, replacing ``path`` atomically."""
+    stats = {"image": fs.image.path, "format": fs.format_name, **fs.memory_stats()}
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write stats to %s: %s", path, e)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+async def _serve(ops: NommuOperations, max_tasks: int, on_usr1: Callable[[], None] | None) -> None:
     async with trio.open_nursery() as nursery:
+
+        async def on_stats_signal() -> None:
+            assert on_usr1 is not None
+            with trio.open_signal_receiver(signal.SIGUSR1) as sigs:
+                async for _ in sigs:
+                    on_usr1()
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
@@ -63,6 +87,8 @@ async def _serve(ops: NommuOperations, max_tasks: int) -> None:
             nursery.cancel_scope.cancel()  # unmounted from outside
 
         nursery.start_soon(on_signal)
+        if on_usr1 is not None:
+            nursery.start_soon(on_stats_signal)
         nursery.start_soon(main)
 
 
@@ -75,18 +101,22 @@ def serve(
     foreground: bool = False,
     on_ready: Callable[[], None] | None = None,
     readahead: int = DEFAULT_READAHEAD,
+    stats_path: str | None = None,
 ) -> int:
     """Mount the filesystem ``open_fs()`` returns at ``mountpoint`` and serve it.
 
     In the foreground this returns when unmounted.  Otherwise it returns in
     the parent once the daemon reports the mount up (0) or raises its error.
+    ``stats_path``: where the memory counters go (on SIGUSR1 and at unmount).
     """
+    if stats_path is not None:
+        stats_path = os.path.abspath(stats_path)  # the daemon chdirs to /
     if not os.path.isdir(mountpoint):
         raise InvalidArgumentError(f"{mountpoint}: not a directory")
     if threads < 1:
         raise InvalidArgumentError(f"--threads {threads}: at least 1")
     if foreground:
-        return _run(open_fs, mountpoint, options, threads, on_ready, readahead)
+        return _run(open_fs, mountpoint, options, threads, on_ready, readahead, stats_path)
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -103,7 +133,7 @@ def serve(
                 pipe_open = False
                 _detach()
 
-            code = _run(open_fs, mountpoint, options, threads, ready, readahead)
+            code = _run(open_fs, mountpoint, options, threads, ready, readahead, stats_path)
         except BaseException as e:  # the parent must always hear back
             if isinstance(e, FsError):
                 msg = str(e)
@@ -186,6 +216,7 @@ def _run(
     threads: int,
     on_ready: Callable[[], None] | None,
     readahead: int,
+    stats_path: str | None = None,
 ) -> int:
     with open_fs() as fs:
         real_mountpoint = os.path.realpath(mountpoint)
@@ -207,11 +238,14 @@ def _run(
                 on_ready()
             # enough request tasks that `threads` reads can decompress at once
             # while metadata requests keep being answered
-            trio.run(_serve, ops, max(8, threads * 4))
+            on_usr1 = functools.partial(write_stats, fs, stats_path) if stats_path else None
+            trio.run(_serve, ops, max(8, threads * 4), on_usr1)
         except BaseException:
             pyfuse3.close(unmount=True)
             raise
         pyfuse3.close(unmount=True)
+        if stats_path is not None:
+            write_stats(fs, stats_path)
         if ops.errors:
             log.warning("%d request(s) failed unexpectedly (EIO)", ops.errors)
     return 0
