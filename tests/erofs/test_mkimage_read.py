@@ -26,6 +26,12 @@ VARIANTS = [
     ("lz4hc-1k", ["-z", "lz4hc", "-b", "1024", "-C", "16384"], "lz4"),
     ("lz4-dedupe", ["-z", "lz4", "-E", "dedupe"], "lz4"),
     ("plain-512", ["-b", "512"], None),
+    ("lz4hc-16k-blocks", ["-z", "lz4hc", "-b", "16384"], "lz4"),
+    (
+        "zstd-8k-blocks-ztail",
+        ["-z", "zstd", "-b", "8192", "-C", "32768", "-E", "ztailpacking"],
+        "zstd",
+    ),
     ("lz4hc-fragments", ["-z", "lz4hc", "-E", "fragments"], "lz4"),
     ("zstd-fragments-ztail", ["-z", "zstd", "-C", "16384", "-E", "fragments,ztailpacking"], "zstd"),
     ("lz4-fragments-legacy", ["-z", "lz4", "-E", "fragments,legacy-compress"], "lz4"),
