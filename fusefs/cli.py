@@ -26,6 +26,7 @@ COMMANDS: Final[tuple[str, ...]] = (
     "fusefs.commands.extract",
     "fusefs.commands.inspect",
     "fusefs.commands.fsck",
+    "fusefs.commands.budget",
     "mkimage.cli",
 )
 

@@ -1,0 +1,558 @@
+"""The budget question: does this image fit on the board, and how should it decompress?
+
+A *workload* (every regular file read in full, a list of files, or every ELF
+program mapped as a loader would) is replayed against a fresh open of the
+image -- a fresh arena -- for each combination of arena mode and
+decompression strategy.  Each replay yields a :class:`BudgetResult` whose
+numbers are read from the arena's own counters (:class:`mmshim.ArenaStats`)
+and the reader's (``Filesystem.memory_stats()``).  :func:`find_min_arena`
+bisects, to the page, the smallest arena in which the whole workload
+succeeds.
+
+Decisions a user should know:
+
+* The peak counts everything the image holds in the arena from mount on,
+  mount-time reservations included (``percpu-buffer``'s buffers): a board
+  needs those frames too.
+* Files are read in :data:`READ_CHUNK` pieces, as FUSE's ``max_read`` does.
+* cramfs has no choice of decompression strategy (zlib decodes each 4 KiB
+  block straight into its page-cache frame), so a cramfs image gets one row
+  per arena mode, ``decompress`` None.
+* The first allocation failure ends a replay: the result names the file and
+  the allocation (the reader's OutOfMemoryError text, which gives the order).
+
+Sans-IO apart from opening the image: nothing is printed here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from fusefs.errors import FsError, InvalidArgumentError, NotFoundError, UnsupportedFeatureError
+from fusefs.vfs import (
+    MM_MODES,
+    PAGE_SIZE,
+    STRATEGIES,
+    Filesystem,
+    Ino,
+    MemoryConfig,
+    MmMode,
+    Strategy,
+    open_image,
+    resolve,
+    walk,
+)
+from mmshim import Arena
+
+READ_CHUNK: Final = 128 << 10
+MAX_SAMPLES: Final = 2000
+OWNER_KINDS: Final[tuple[str, ...]] = (
+    "page_cache",
+    "decompress",
+    "bounce",
+    "percpu",
+    "other",
+)
+WorkloadKind = Literal["all", "list", "exec"]
+XipRead = Literal["pagecache", "direct"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkFile:
+    """One file of a workload, resolved once per image (Inos are stable per image)."""
+
+    path: str
+    ino: Ino
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What to replay: ``kind`` and, for ``all``/``list``, the files in order."""
+
+    kind: WorkloadKind
+    files: tuple[WorkFile, ...] = ()
+    source: str | None = None  # the list file, for ``list``
+
+    @property
+    def label(self) -> str:
+        return f"list:{self.source}" if self.kind == "list" else self.kind
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True, slots=True)
+class Combination:
+    """One simulated machine: arena mode and decompression strategy (None for cramfs)."""
+
+    mm: MmMode
+    decompress: Strategy | None
+    xip_read: XipRead = "pagecache"
+
+    def memory(self, arena_bytes: int) -> MemoryConfig:
+        return MemoryConfig(
+            mm=self.mm,
+            decompress=self.decompress or "vmap",
+            arena_bytes=arena_bytes,
+            xip_read=self.xip_read,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Arena occupancy at one event (alloc, free, vmap, vunmap), in frames."""
+
+    event: int
+    by_owner: tuple[int, ...]  # in OWNER_KINDS order
+    free: int
+    largest_free: int  # frames in the largest free block
+
+
+@dataclass(slots=True)
+class Recorder:
+    """An arena observer keeping at most ``limit`` samples: when full, every
+    other sample is dropped and the sampling stride doubles."""
+
+    limit: int = MAX_SAMPLES
+    stride: int = 1
+    events: int = 0
+    samples: list[Sample] = field(default_factory=list)
+
+    def __call__(self, arena: Arena) -> None:
+        self.events += 1
+        if self.events % self.stride:
+            return
+        self.record(arena)
+
+    def record(self, arena: Arena) -> None:
+        st = arena.stats
+        owners = tuple(st.frames_by_owner.get(k, 0) for k in OWNER_KINDS)
+        largest = 1 << st.largest_free_order if st.largest_free_order >= 0 else 0
+        self.samples.append(Sample(self.events, owners, st.frames_free, largest))
+        if len(self.samples) >= self.limit:
+            self.samples = self.samples[1::2]
+            self.stride *= 2
+
+
+@dataclass(slots=True)
+class BudgetResult:
+    """The outcome of one replay; ``failure`` is None when the workload succeeded."""
+
+    mm: MmMode
+    decompress: Strategy | None
+    arena_bytes: int
+    failure: str | None = None
+    files_done: int = 0
+    bytes_read: int = 0
+    peak_frames: int = 0
+    bytes_decompressed: int = 0
+    bounce_bytes: int = 0
+    bounce_vmaps: int = 0
+    copy_bytes: int = 0
+    vmap_calls: int = 0
+    vmap_failures: int = 0
+    lost_writes: int = 0
+    evictions: int = 0
+    alloc_failures: int = 0
+    largest_alloc_order: int = -1
+    exec_frames: int | None = None  # exec workload: frames the mapped programs held
+    exec_text_frames: int | None = None  # ... of which read-only segments (XIP text: 0)
+    min_arena_bytes: int | None = None
+    probes: int = 0
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def to_json(self, *, find_min: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mm": self.mm,
+            "decompress": self.decompress,
+            "ok": self.ok,
+            "failure": self.failure,
+            "files_done": self.files_done,
+            "bytes_read": self.bytes_read,
+            "peak_frames": self.peak_frames,
+            "peak_bytes": self.peak_frames * PAGE_SIZE,
+            "bytes_decompressed": self.bytes_decompressed,
+            "bounce_bytes": self.bounce_bytes,
+            "bounce_vmaps": self.bounce_vmaps,
+            "copy_bytes": self.copy_bytes,
+            "vmap_calls": self.vmap_calls,
+            "vmap_failures": self.vmap_failures,
+            "lost_writes": self.lost_writes,
+            "evictions": self.evictions,
+            "alloc_failures": self.alloc_failures,
+            "largest_alloc_order": self.largest_alloc_order,
+            "exec_frames": self.exec_frames,
+            "exec_text_frames": self.exec_text_frames,
+        }
+        if find_min:
+            out["min_arena_bytes"] = self.min_arena_bytes
+            out["find_min_probes"] = self.probes
+        return out
+
+
+@dataclass(slots=True)
+class BudgetReport:
+    """Every combination's result for one image and workload."""
+
+    image: str
+    format: str
+    arena_bytes: int
+    workload: Workload
+    results: list[BudgetResult]
+    find_min: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "format": self.format,
+            "arena_bytes": self.arena_bytes,
+            "page_size": PAGE_SIZE,
+            "workload": self.workload.label,
+            "workload_files": len(self.workload.files),
+            "workload_bytes": self.workload.total_bytes,
+            "results": [r.to_json(find_min=self.find_min) for r in self.results],
+        }
+
+
+# -- the arena behind an open image ---------------------------------------------------
+
+
+def arena_of(fs: Filesystem) -> Arena:
+    """The arena an open image allocates from (each open has its own)."""
+    from fusefs.cramfs.fs import CramfsFilesystem
+    from fusefs.erofs.fs import ErofsFilesystem
+
+    if isinstance(fs, ErofsFilesystem):
+        return fs.reader.arena
+    if isinstance(fs, CramfsFilesystem):
+        return fs.arena
+    raise UnsupportedFeatureError(f"{fs.format_name}: no arena to measure")
+
+
+# -- workloads ---------------------------------------------------------------------------
+
+
+def _show(path: bytes) -> str:
+    return "/" + path.decode(errors="backslashreplace")
+
+
+def all_files(fs: Filesystem) -> tuple[WorkFile, ...]:
+    """Every regular file once (hard links once), in walk order: parents
+    before children, entries in on-disk order."""
+    seen: set[int] = set()
+    out: list[WorkFile] = []
+    for item in walk(fs):
+        if item.attr.is_reg and item.ino not in seen:
+            seen.add(item.ino)
+            out.append(WorkFile(_show(item.path), item.ino, item.attr.size))
+    return tuple(out)
+
+
+def listed_files(fs: Filesystem, list_path: str) -> tuple[WorkFile, ...]:
+    """The files named in ``list_path``, one path per line (blank lines and
+    ``#`` comments skipped), symlinks followed."""
+    try:
+        with open(list_path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise InvalidArgumentError(
+            f"--workload list:{list_path}: cannot read: {e.strerror or e}"
+        ) from None
+    out: list[WorkFile] = []
+    for lineno, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        where = f"--workload list:{list_path} line {lineno}"
+        try:
+            ino = resolve(fs, line, follow_last=True)
+        except NotFoundError:
+            raise NotFoundError(
+                f"{where}: {line.decode(errors='backslashreplace')}: no such file in the image"
+            ) from None
+        except FsError as e:
+            raise type(e)(f"{where}: {e}") from None
+        attr = fs.getattr(ino)
+        if not attr.is_reg:
+            raise InvalidArgumentError(
+                f"{where}: {line.decode(errors='backslashreplace')}: not a regular file"
+            )
+        out.append(WorkFile(_show(line.lstrip(b"/")), ino, attr.size))
+    if not out:
+        raise InvalidArgumentError(f"--workload list:{list_path}: names no file")
+    return tuple(out)
+
+
+def parse_workload(text: str) -> tuple[WorkloadKind, str | None]:
+    """``all``, ``exec`` or ``list:FILE``."""
+    if text in ("all", "exec"):
+        return ("all" if text == "all" else "exec"), None
+    if text.startswith("list:") and len(text) > 5:
+        return "list", text[5:]
+    raise InvalidArgumentError(f"bad --workload {text!r} (all, exec or list:FILE)")
+
+
+def load_workload(fs: Filesystem, kind: WorkloadKind, source: str | None = None) -> Workload:
+    """Resolve the workload's files once (replays reuse them)."""
+    if kind == "all":
+        return Workload("all", all_files(fs))
+    if kind == "list":
+        if source is None:
+            raise InvalidArgumentError("--workload list: needs a file")
+        return Workload("list", listed_files(fs, source), source)
+    if getattr(fs, "mappable", None) is None:
+        raise UnsupportedFeatureError(
+            f"--workload exec: {fs.format_name} images cannot be mmapped by nommufs yet "
+            "(no program-loader simulation for this format)"
+        )
+    return Workload("exec")
+
+
+def default_combinations(
+    format_name: str,
+    mms: Sequence[MmMode] = MM_MODES,
+    strategies: Sequence[Strategy] | None = None,
+    xip_read: XipRead = "pagecache",
+) -> list[Combination]:
+    """Every arena mode x strategy asked for; cramfs has no strategy axis."""
+    if format_name == "cramfs":
+        return [Combination(mm, None, xip_read) for mm in mms]
+    return [Combination(mm, s, xip_read) for mm in mms for s in (strategies or STRATEGIES)]
+
+
+# -- one replay --------------------------------------------------------------------------
+
+
+def _read_files(fs: Filesystem, files: Sequence[WorkFile], result: BudgetResult) -> None:
+    for wf in files:
+        try:
+            off = 0
+            while off < wf.size:
+                data = fs.read(wf.ino, off, min(READ_CHUNK, wf.size - off))
+                if not data:
+                    raise FsError(f"short read at {off} of {wf.size} bytes")
+                off += len(data)
+                result.bytes_read += len(data)
+        except MemoryError as e:  # OutOfMemoryError, or an mmshim allocation error
+            result.failure = f"{wf.path}: {e}"
+            return
+        except FsError as e:
+            raise type(e)(f"{wf.path}: {e}") from None
+        result.files_done += 1
+
+
+def _map_programs(fs: Filesystem, result: BudgetResult) -> None:
+    from fusefs.cramfs.loader import map_executables
+
+    try:
+        reports = map_executables(fs)
+    except MemoryError as e:
+        result.failure = str(e)
+        return
+    result.exec_frames = result.exec_text_frames = 0
+    for rep in reports:
+        if rep.error is not None:
+            result.failure = f"/{rep.path.lstrip('/')}: {rep.error}"
+            return
+        result.files_done += 1
+        result.bytes_read += rep.size
+        result.exec_frames += rep.frames
+        result.exec_text_frames += rep.text_frames
+
+
+def replay(
+    image: str | os.PathLike[str],
+    workload: Workload,
+    combo: Combination,
+    arena_bytes: int,
+    *,
+    offset: int = 0,
+    record: bool = False,
+) -> BudgetResult:
+    """Open ``image`` afresh with ``combo`` in an arena of ``arena_bytes`` and
+    replay ``workload`` until it ends or the first allocation fails."""
+    result = BudgetResult(combo.mm, combo.decompress, arena_bytes)
+    try:
+        fs = open_image(image, combo.memory(arena_bytes), offset=offset)
+    except MemoryError as e:  # a mount-time reservation did not fit
+        result.failure = f"mount: {e}"
+        return result
+    try:
+        arena = arena_of(fs)
+        recorder = Recorder() if record else None
+        if recorder is not None:
+            recorder.record(arena)
+            arena.add_observer(recorder)
+        try:
+            if workload.kind == "exec":
+                _map_programs(fs, result)
+            else:
+                _read_files(fs, workload.files, result)
+        finally:
+            if recorder is not None:
+                arena.remove_observer(recorder)
+                recorder.record(arena)
+                result.samples = recorder.samples
+        _collect(fs, arena, result)
+    finally:
+        fs.close()
+    return result
+
+
+def _collect(fs: Filesystem, arena: Arena, result: BudgetResult) -> None:
+    st = arena.stats
+    mem = fs.memory_stats()
+    result.peak_frames = st.frames_peak
+    result.bounce_bytes = st.bounce_bytes
+    result.bounce_vmaps = st.bounce_vmaps
+    result.vmap_calls = st.vmap_calls
+    result.vmap_failures = st.vmap_failures
+    result.lost_writes = st.lost_writes
+    result.evictions = st.evictions
+    result.alloc_failures = st.alloc_failures
+    result.largest_alloc_order = st.largest_alloc_order
+    result.bytes_decompressed = mem.get("bytes_decompressed", 0)
+    result.copy_bytes = mem.get("copy_bytes", 0)
+
+
+# -- the smallest arena ------------------------------------------------------------------
+
+
+def find_min_arena(
+    probe: Callable[[int], bool], max_bytes: int, *, first_guess: int | None = None
+) -> tuple[int | None, int]:
+    """The smallest arena (a multiple of the page size, at most ``max_bytes``)
+    for which ``probe(arena_bytes)`` succeeds, by bisection; None when even
+    ``max_bytes`` fails.  Returns it and the number of probes.
+
+    Every answer is one a probe gave: the workload succeeded at the result
+    and failed one page below it (or the result is one page).  ``first_guess``
+    (e.g. the peak seen in a larger arena) is tried first to narrow the range.
+    """
+    probes = 0
+
+    def run(pages: int) -> bool:
+        nonlocal probes
+        probes += 1
+        return probe(pages * PAGE_SIZE)
+
+    hi = max_bytes // PAGE_SIZE
+    if not run(hi):
+        return None, probes
+    lo = 0  # an empty arena holds nothing: a failure by definition
+    if first_guess is not None:
+        guess = -(-first_guess // PAGE_SIZE)
+        if lo < guess < hi:
+            if run(guess):
+                hi = guess
+                # the peak elsewhere is often the answer: check one page below
+                if guess - 1 > lo:
+                    if run(guess - 1):
+                        hi = guess - 1
+                    else:
+                        lo = guess - 1
+            else:
+                lo = guess
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if run(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi * PAGE_SIZE, probes
+
+
+def _probe(
+    image: str | os.PathLike[str], workload: Workload, combo: Combination, offset: int
+) -> Callable[[int], bool]:
+    def probe(arena_bytes: int) -> bool:
+        return replay(image, workload, combo, arena_bytes, offset=offset).ok
+
+    return probe
+
+
+# -- the whole report ----------------------------------------------------------------------
+
+
+def budget(
+    image: str | os.PathLike[str],
+    *,
+    arena_bytes: int,
+    workload: str = "all",
+    mms: Sequence[MmMode] = MM_MODES,
+    strategies: Sequence[Strategy] | None = None,
+    xip_read: XipRead = "pagecache",
+    find_min: bool = False,
+    record: bool = False,
+    offset: int = 0,
+    progress: Callable[[BudgetResult], None] | None = None,
+) -> BudgetReport:
+    """Replay ``workload`` for every combination and return the report.
+
+    ``strategies`` None means all four (EROFS); given for a cramfs image it
+    is an error, as cramfs has no such choice.  ``progress`` is called with
+    each result as it is finished.
+    """
+    if arena_bytes <= 0 or arena_bytes % PAGE_SIZE:
+        raise InvalidArgumentError(f"--arena {arena_bytes} is not a positive multiple of 4096")
+    kind, source = parse_workload(workload)
+    with open_image(image, MemoryConfig(arena_bytes=arena_bytes), offset=offset) as fs:
+        fmt = fs.format_name
+        work = load_workload(fs, kind, source)
+    if fmt == "cramfs" and strategies:
+        raise InvalidArgumentError(
+            "--decompress does not apply to cramfs (zlib decodes each block into its "
+            "page-cache frame); leave it out"
+        )
+    results: list[BudgetResult] = []
+    for combo in default_combinations(fmt, mms, strategies, xip_read):
+        res = replay(image, work, combo, arena_bytes, offset=offset, record=record)
+        if find_min:
+            guess = res.peak_frames * PAGE_SIZE if res.ok else None
+            res.min_arena_bytes, res.probes = find_min_arena(
+                _probe(image, work, combo, offset), arena_bytes, first_guess=guess
+            )
+        results.append(res)
+        if progress is not None:
+            progress(res)
+    return BudgetReport(os.fspath(image), fmt, arena_bytes, work, results, find_min)
+
+
+def iter_rows(report: BudgetReport) -> Iterator[dict[str, str]]:
+    """The report as table rows of strings (the CLI prints them)."""
+    for r in report.results:
+        row = {
+            "mm": r.mm,
+            "decompress": r.decompress or "-",
+            "result": "ok" if r.ok else "FAIL",
+            "peak": f"{r.peak_frames} ({_kib(r.peak_frames * PAGE_SIZE)})",
+            "decompressed": _kib(r.bytes_decompressed),
+            "bounce": _kib(r.bounce_bytes),
+            "copied": _kib(r.copy_bytes),
+            "vmap": f"{r.vmap_calls}/{r.vmap_failures}",
+            "lost": str(r.lost_writes),
+            "evict": str(r.evictions),
+            "order": str(r.largest_alloc_order),
+        }
+        if report.workload.kind == "exec":
+            row["exec frames"] = "-" if r.exec_frames is None else str(r.exec_frames)
+        if report.find_min:
+            row["min arena"] = "none" if r.min_arena_bytes is None else _kib(r.min_arena_bytes)
+        yield row
+
+
+def _kib(n: int) -> str:
+    if n >= 10 << 20:
+        return f"{n / (1 << 20):.1f}M"
+    if n % 1024 == 0:
+        return f"{n >> 10}K"
+    return f"{n / 1024:.1f}K"

@@ -1,0 +1,95 @@
+"""Arena occupancy over a budget workload, one panel per combination, as a PNG.
+
+matplotlib is imported only here and only when a plot is asked for, with the
+Agg backend (no display needed).  The file is written to a temporary name
+beside the target and renamed, so a failed plot leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import TYPE_CHECKING, Final
+
+from fusefs.budget import OWNER_KINDS, BudgetReport
+from fusefs.errors import FsError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+COLOURS: Final[dict[str, str]] = {
+    "page_cache": "#4c72b0",
+    "decompress": "#dd8452",
+    "bounce": "#c44e52",
+    "percpu": "#8172b3",
+    "other": "#937860",
+    "free": "#e8e8e8",
+}
+
+
+def write_plot(report: BudgetReport, out: str | os.PathLike[str]) -> None:
+    """Draw ``report`` (replayed with ``record=True``) into the PNG ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    results = [r for r in report.results if r.samples]
+    if not results:
+        raise FsError("--plot: no occupancy was recorded")
+    ncols = min(4, len(results))
+    nrows = math.ceil(len(results) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), sharey=True, squeeze=False
+    )
+    total = report.arena_bytes // 4096
+    try:
+        for ax, res in zip(axes.flat, results, strict=False):
+            xs = [s.event for s in res.samples]
+            layers = [[s.by_owner[i] for s in res.samples] for i in range(len(OWNER_KINDS))]
+            layers.append([s.free for s in res.samples])
+            names = [*OWNER_KINDS, "free"]
+            ax.stackplot(xs, *layers, labels=names, colors=[COLOURS[n] for n in names], step="post")
+            ax.step(
+                xs,
+                [s.largest_free for s in res.samples],
+                where="post",
+                color="black",
+                linewidth=0.8,
+                label="largest free block",
+            )
+            title = f"{res.mm}" + (f" + {res.decompress}" if res.decompress else "")
+            verdict = "ok" if res.ok else "FAILED"
+            ax.set_title(f"{title}: {verdict}, peak {res.peak_frames}", fontsize=9)
+            ax.set_ylim(0, total)
+            ax.set_xlabel("arena event", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in axes.flat[len(results) :]:
+            ax.set_visible(False)
+        for row in axes:
+            row[0].set_ylabel("frames (4 KiB)", fontsize=8)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+        fig.suptitle(
+            f"{os.path.basename(report.image)} ({report.format}), arena {total} frames, "
+            f"workload {report.workload.label}",
+            fontsize=10,
+        )
+        fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+        _save(fig, os.fspath(out))
+    finally:
+        plt.close(fig)
+
+
+def _save(fig: Figure, out: str) -> None:
+    directory = os.path.dirname(out) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".budget-", suffix=".png", dir=directory)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise

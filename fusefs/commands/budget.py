@@ -1,0 +1,145 @@
+"""``nommufs budget``: does this image fit on the board, and how should it decompress?
+
+Exit status: 0 when the report was produced (a combination that fails is
+data, not an error), 1 on bad input (not an image, unreadable workload list,
+a corrupt image), 2 on a usage error, 3 with ``--fail-if-none-fits`` when no
+combination ran the whole workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Final
+
+from fusefs.budget import BudgetReport, BudgetResult, budget, iter_rows
+from fusefs.commands._common import parse_size
+from fusefs.vfs import DEFAULT_ARENA_BYTES, MM_MODES, PAGE_SIZE, STRATEGIES
+
+NAME: Final = "budget"
+HELP: Final = "replay a workload per arena mode and decompression strategy: does the image fit?"
+EXIT_NONE_FITS: Final = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "image", metavar="IMAGE", help="EROFS or cramfs image (file or block device)"
+    )
+    parser.add_argument(
+        "--offset",
+        type=parse_size,
+        default=0,
+        metavar="BYTES",
+        help="where the filesystem starts inside IMAGE (default: 0)",
+    )
+    parser.add_argument(
+        "--arena",
+        type=parse_size,
+        default=DEFAULT_ARENA_BYTES,
+        metavar="SIZE",
+        help="the board's memory for the filesystem, a multiple of 4 KiB (default: 64M)",
+    )
+    parser.add_argument(
+        "--mm",
+        choices=MM_MODES,
+        action="append",
+        metavar="MODE",
+        help=f"arena mode, repeatable ({', '.join(MM_MODES)}; default: all)",
+    )
+    parser.add_argument(
+        "--decompress",
+        choices=STRATEGIES,
+        action="append",
+        metavar="STRATEGY",
+        help=f"EROFS decompression strategy, repeatable ({', '.join(STRATEGIES)}; "
+        "default: all; cramfs has none)",
+    )
+    parser.add_argument(
+        "--xip-read",
+        choices=("pagecache", "direct"),
+        default="pagecache",
+        help="cramfs XIP files: read() through the page cache (default) or from flash",
+    )
+    parser.add_argument(
+        "--workload",
+        default="all",
+        metavar="all|list:FILE|exec",
+        help="read every regular file in full (default), the files listed in FILE "
+        "(one path per line), or map every ELF program as a loader would",
+    )
+    parser.add_argument(
+        "--find-min",
+        action="store_true",
+        help="bisect, to the page, the smallest arena in which the workload succeeds",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="draw arena occupancy over the workload, one panel per combination",
+    )
+    parser.add_argument(
+        "--fail-if-none-fits",
+        action="store_true",
+        help=f"exit {EXIT_NONE_FITS} when no combination runs the whole workload",
+    )
+
+
+def _progress(res: BudgetResult) -> None:
+    what = f"{res.mm}" + (f"+{res.decompress}" if res.decompress else "")
+    print(f"nommufs budget: {what}: {'ok' if res.ok else 'failed'}", file=sys.stderr)
+
+
+def format_table(report: BudgetReport) -> str:
+    """The report as an aligned text table, failures listed below it."""
+    rows = list(iter_rows(report))
+    if not rows:
+        return "(no combination)\n"
+    heads = list(rows[0])
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in heads}
+    lines = [
+        f"{report.image}: {report.format}, arena {report.arena_bytes // 1024}K "
+        f"({report.arena_bytes // PAGE_SIZE} frames), workload {report.workload.label}"
+        + (
+            f" ({len(report.workload.files)} files, {report.workload.total_bytes} bytes)"
+            if report.workload.kind != "exec"
+            else ""
+        ),
+        "  ".join(h.ljust(widths[h]) for h in heads).rstrip(),
+    ]
+    lines += ["  ".join(r[h].ljust(widths[h]) for h in heads).rstrip() for r in rows]
+    for res in report.results:
+        if res.failure is not None:
+            what = f"{res.mm}" + (f"+{res.decompress}" if res.decompress else "")
+            lines.append(f"  {what}: {res.failure}")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    report = budget(
+        args.image,
+        arena_bytes=args.arena,
+        workload=args.workload,
+        mms=tuple(dict.fromkeys(args.mm or MM_MODES)),
+        strategies=tuple(dict.fromkeys(args.decompress)) if args.decompress else None,
+        xip_read=args.xip_read,
+        find_min=args.find_min,
+        record=args.plot is not None,
+        offset=args.offset,
+        progress=_progress if args.verbose else None,
+    )
+    if args.plot is not None:
+        from fusefs.budget_plot import write_plot
+
+        write_plot(report, args.plot)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_table(report))
+        if args.plot is not None:
+            sys.stdout.write(f"plot: {args.plot}\n")
+    if args.fail_if_none_fits and not any(r.ok for r in report.results):
+        return EXIT_NONE_FITS
+    return 0
