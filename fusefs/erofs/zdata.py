@@ -117,18 +117,27 @@ class PageReader:
         # same): one pass over the LRU frees many frames instead of one
         self.low_watermark = max(8, self.arena.nr_pages // 32)
         self.reclaim_batch = max(32, self.arena.nr_pages // 16)
-        if self.strategy == "percpu-buffer":
+        sb = sbi.sb
+        compressed = bool(
+            sb.feature_incompat
+            & (f.EROFS_FEATURE_INCOMPAT_ZERO_PADDING | f.EROFS_FEATURE_INCOMPAT_COMPR_CFGS)
+            or sb.u1  # lz4_max_distance: mkfs sets it whenever it compresses
+        )
+        if self.strategy == "percpu-buffer" and compressed:
             try:
                 # lz4's cfg names the largest pcluster; other algorithms start
                 # from one block and grow the buffers when a pcluster needs it
                 max_pcluster = self.sbi.compr.lz4_max_pclusterblks * self.sbi.block_size
                 max_pcluster = max(min(max_pcluster, f.Z_EROFS_PCLUSTER_MAX_SIZE), PS)
                 self.percpu_in = self._alloc(
-                    order_for(-(-max_pcluster // PS)), Owner.PERCPU, -1, "percpu input buffer"
+                    order_for(-(-max_pcluster // PS)),
+                    Owner.PERCPU,
+                    None,
+                    "percpu input buffer at mount",
                 )
                 out_bytes = min(max(4 * max_pcluster, 64 << 10), 4 << 20)
                 self.percpu_out = self._alloc(
-                    order_for(out_bytes // PS), Owner.PERCPU, -1, "percpu output buffer"
+                    order_for(out_bytes // PS), Owner.PERCPU, None, "percpu output buffer at mount"
                 )
             except BaseException:
                 self.close()
@@ -136,12 +145,13 @@ class PageReader:
 
     # -- allocation helpers ------------------------------------------------------
 
-    def _alloc(self, order: int, owner: Owner, nid: int, what: str) -> Page:
+    def _alloc(self, order: int, owner: Owner, nid: int | None, what: str) -> Page:
         try:
             return self.arena.alloc_pages(order, owner)
         except MemoryError as e:
+            who = f"nid {nid}: " if nid is not None else ""
             raise OutOfMemoryError(
-                f"nid {nid}: cannot allocate {what} (order {order}): {e}"
+                f"erofs: {who}cannot allocate {what} (order {order}): {e}"
             ) from None
 
     def _page(self, nid: int, index: int) -> Page:
@@ -149,7 +159,7 @@ class PageReader:
             return self.cache.find_or_create(nid, index)
         except MemoryError as e:
             raise OutOfMemoryError(
-                f"nid {nid}: cannot allocate page cache page {index} (order 0): {e}"
+                f"erofs: nid {nid}: cannot allocate page cache page {index} (order 0): {e}"
             ) from None
 
     def _grow(self, which: str, nr_pages: int, nid: int) -> Page:
@@ -390,7 +400,7 @@ class PageReader:
             m = self.arena.vm_map_ram(pages) if ram else self.arena.vmap(pages)
         except MemoryError as e:
             raise OutOfMemoryError(
-                f"nid {nid}: cannot vmap {len(pages)} pages of {what} "
+                f"erofs: nid {nid}: cannot vmap {len(pages)} pages of {what} "
                 f"(order 0, {self.arena.mode}): {e}"
             ) from None
         stack.callback(self.arena.vm_unmap_ram if ram else self.arena.vunmap, m)
