@@ -1,8 +1,11 @@
 """How fast each mode maps a scattered pcluster: ``scripts/bench_mmshim``.
 
 Each round vmaps 16 scattered pages (every other frame), fills the whole
-view (what a decompressor does), and unmaps it.  A benchmark, not a test:
-the numbers depend on the machine; only their ratio means much.
+view (what a decompressor does), and unmaps it.  ``--pagecache`` times the
+page cache's read path instead: 128 KiB "reads" (32 pages each) that find or
+create, fill, mark uptodate, unlock and release every page, in an arena
+smaller than the file so that every miss also evicts.  A benchmark, not a
+test: the numbers depend on the machine; only their ratio means much.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from mmshim._arena import MM_MODES, Arena
 from mmshim._errors import VmapError
 from mmshim._page import PAGE_SIZE
+from mmshim._pagecache import PageCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,99 @@ def bench_mode(
         arena.close()
 
 
+@dataclass(frozen=True, slots=True)
+class CacheBenchResult:
+    what: str
+    reads: int
+    pages: int
+    seconds: float
+    evictions: int
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages / self.seconds if self.seconds else 0.0
+
+    @property
+    def mib_per_second(self) -> float:
+        return self.pages_per_second * PAGE_SIZE / (1 << 20)
+
+
+def bench_pagecache(
+    *,
+    seconds: float = 1.0,
+    arena_frames: int = 1024,
+    file_pages: int = 4096,
+    read_pages: int = 32,
+    hits: bool = False,
+) -> CacheBenchResult:
+    """Sequential ``read_pages``-page reads of a ``file_pages``-page file for about ``seconds``.
+
+    Each page is found or created; a created one is filled, marked uptodate
+    and unlocked (a filesystem's readpage); every page is then read through
+    ``page_view`` and released.  With ``hits`` the file fits in the arena and
+    is read in once first, so the rounds time the lookup path alone; without
+    it the file is four times the arena and every page is a miss that evicts.
+    The arena is filled before the clock starts.
+    """
+    if hits:
+        file_pages = arena_frames // 2
+    arena = Arena(arena_frames * PAGE_SIZE, "mmu")
+    cache = PageCache(arena)
+    payload = bytes(range(256)) * (PAGE_SIZE // 256)
+    index = reads = pages = 0
+
+    def one_read() -> None:
+        nonlocal index
+        for i in range(index, index + read_pages):
+            page, created = cache.get_or_create("bench", i)
+            if created:
+                arena.page_view(page)[:] = payload
+                page.set_uptodate()
+                page.unlock()
+            elif not page.is_uptodate:
+                page.wait_unlocked()
+            view = arena.page_view(page)
+            _ = view[0]
+            view.release()
+            cache.release(page)
+        index = (index + read_pages) % file_pages
+
+    try:
+        # fill the arena first: the misses time eviction from the first round
+        for _ in range(min(file_pages, arena_frames) // read_pages):
+            one_read()
+        evictions0 = cache.counters.evictions
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            for _ in range(20):
+                one_read()
+                reads += 1
+                pages += read_pages
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        evictions = cache.counters.evictions - evictions0
+        what = "hits" if hits else "misses"
+        return CacheBenchResult(what, reads, pages, now - start, evictions)
+    finally:
+        cache.close()
+        arena.close()
+
+
+def format_cache_results(results: list[CacheBenchResult], read_pages: int) -> str:
+    lines = [f"page cache: {read_pages}-page reads (find or create + fill + release)", ""]
+    head = f"{'lookups':<8} {'reads/s':>10} {'pages/s':>11} {'MiB/s':>9} {'evicted/read':>13}"
+    lines.append(head)
+    for r in results:
+        per_read = r.evictions / r.reads if r.reads else 0.0
+        lines.append(
+            f"{r.what:<8} {r.reads / r.seconds:>10,.0f} {r.pages_per_second:>11,.0f} "
+            f"{r.mib_per_second:>9,.0f} {per_read:>13.1f}"
+        )
+    return "\n".join(lines)
+
+
 def format_results(results: list[BenchResult], nr_pages: int) -> str:
     lines = [f"vmap + fill + vunmap of a {nr_pages}-page cluster", ""]
     lines.append(f"{'mode':<14} {'pages':<11} {'per second':>11} {'MiB/s filled':>13}  result")
@@ -85,7 +182,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--contiguous", action="store_true", help="also time physically contiguous clusters"
     )
+    parser.add_argument(
+        "--pagecache",
+        action="store_true",
+        help="time the page cache's read path (32-page reads) instead of vmap",
+    )
     args = parser.parse_args(argv)
+    if args.pagecache:
+        cache_results = [bench_pagecache(seconds=args.seconds, hits=hits) for hits in (False, True)]
+        print(format_cache_results(cache_results, 32))
+        return
     results = [bench_mode(m, nr_pages=args.pages, seconds=args.seconds) for m in MM_MODES]
     if args.contiguous:
         results += [

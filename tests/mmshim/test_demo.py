@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mmshim import PAGE_SIZE
-from mmshim.bench import bench_mode, format_results
+from mmshim.bench import bench_mode, bench_pagecache, format_cache_results, format_results
 from mmshim.demo import format_report, scattered_pcluster_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,3 +61,12 @@ def test_bench_script_runs_from_the_repo_root() -> None:
         check=True,
     ).stdout
     assert out.count("scattered") == 3
+
+
+def test_pagecache_bench_misses_evict_and_hits_do_not() -> None:
+    misses = bench_pagecache(seconds=0.01, arena_frames=64, file_pages=256)
+    hits = bench_pagecache(seconds=0.01, arena_frames=64, hits=True)
+    assert misses.reads >= 20 and misses.pages == 32 * misses.reads
+    assert misses.evictions == misses.pages  # the arena was full before the clock started
+    assert hits.evictions == 0 and hits.pages == 32 * hits.reads
+    assert "misses" in format_cache_results([misses, hits], 32)
