@@ -36,6 +36,9 @@ ALGORITHMS: Final[dict[str, tuple[int, int | None, tuple[int, int]]]] = {
 # Decoded bytes one extent may hold: bounded so that one extent never needs
 # more than this in memory (the kernel allows up to 12 MiB).
 MAX_EXTENT_BYTES: Final = Z_EROFS_PCLUSTER_MAX_SIZE
+# Larger files are cut in segments of this size, in parallel; extents never
+# cross a segment boundary, so the image does not depend on the thread count.
+SEGMENT_BYTES: Final = 4 * MAX_EXTENT_BYTES
 
 
 class DestSize(Protocol):
@@ -187,15 +190,18 @@ def cut_extents(
     *,
     zero_padding: bool,
     inline_max: int = 0,
+    start: int = 0,
+    end: int | None = None,
 ) -> list[Extent]:
     """Cut a file into extents, mkfs-style: each pcluster holds as much input
     as fits in ``pcluster`` bytes; a pcluster that would not save a block is
     stored uncompressed, one block at a time.  With ``inline_max`` (ztailpacking)
     a final extent whose stream is at most that long is kept compressed when
-    it is shorter than its data, since it will not take a block."""
+    it is shorter than its data, since it will not take a block.  ``start``
+    and ``end`` cut only that segment (extents keep file offsets)."""
     extents: list[Extent] = []
     mv = memoryview(data)
-    pos, size = 0, len(data)
+    pos, size = start, len(data) if end is None else end
     destsize.bind(data)
     while pos < size:
         stream, consumed = destsize.compress(pos, min(size, pos + MAX_EXTENT_BYTES), pcluster)

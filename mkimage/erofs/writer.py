@@ -68,7 +68,7 @@ from fusefs.erofs.format import (
 from fusefs.errors import BuildError, UnsupportedFeatureError
 from mkimage.erofs import dir as dirmod
 from mkimage.erofs import inode as inodemod
-from mkimage.erofs.compress import Codec, DestSize, Extent, cut_extents
+from mkimage.erofs.compress import SEGMENT_BYTES, Codec, DestSize, Extent, cut_extents
 from mkimage.erofs.inode import Inode
 from mkimage.erofs.xattr import XattrTable
 from mkimage.erofs.zmap import (
@@ -144,8 +144,44 @@ class _FileResult:
     fragment: bytes = b""  # -E fragments: the tail that goes to the packed inode
 
 
+class _Cutter:
+    """Cuts file data into extents with one compressor per thread; data
+    longer than a segment is cut segment by segment, on ``pool`` when given
+    (the boundaries are fixed, so the result does not depend on threads)."""
+
+    def __init__(self, opts: ErofsOptions, pool: ThreadPoolExecutor | None) -> None:
+        self.opts = opts
+        self.pool = pool
+        self.local: dict[int, DestSize] = {}
+
+    def _destsize(self) -> DestSize:
+        assert self.opts.codec is not None
+        key = threading.get_ident()
+        ds = self.local.get(key)
+        if ds is None:
+            ds = self.local[key] = self.opts.codec.destsize(self.opts.pcluster_size)
+        return ds
+
+    def __call__(self, buf: bytearray, zero_padding: bool, inline_max: int) -> list[Extent]:
+        size = len(buf)
+        opts = self.opts
+
+        def cut(a: int, b: int) -> list[Extent]:
+            return cut_extents(
+                buf, self._destsize(), opts.pcluster_size, opts.block_size,
+                zero_padding=zero_padding, inline_max=inline_max if b == size else 0,
+                start=a, end=b,
+            )  # fmt: skip
+
+        segments = [(a, min(size, a + SEGMENT_BYTES)) for a in range(0, size, SEGMENT_BYTES)]
+        if self.pool is None or len(segments) == 1:
+            return [e for a, b in segments for e in cut(a, b)]
+        futures = [self.pool.submit(cut, a, b) for a, b in segments]
+        return [e for f in futures for e in f.result()]
+
+
 def _prepare_file(
-    node: Node, ino: Inode, opts: ErofsOptions, destsize: DestSize | None
+    node: Node, ino: Inode, opts: ErofsOptions, cutter: _Cutter | None
 ) -> _FileResult:
     data = node.read_data()
     bs = opts.block_size
@@ -153,13 +189,11 @@ def _prepare_file(
     codec = opts.codec
     frag = "fragments" in opts.extended
     ztail = "ztailpacking" in opts.extended and not frag
-    if codec is not None and destsize is not None and (size > bs or ((ztail or frag) and size > 0)):
+    if codec is not None and cutter is not None and (size > bs or ((ztail or frag) and size > 0)):
         buf = bytearray(data)
         zero_padding = not ("legacy-compress" in opts.extended and codec.algorithm == 0)
         inline_max = bs - EROFS_SLOTSIZE if ztail else 0
-        extents = cut_extents(
-            buf, destsize, opts.pcluster_size, bs, zero_padding=zero_padding, inline_max=inline_max
-        )
+        extents = cutter(buf, zero_padding, inline_max)
         if frag:
             return _fragmented(ino, buf, extents, opts, codec.algorithm)
         tail = b""
@@ -343,17 +377,15 @@ class ErofsWriter:
         """Prepared files in tree order, computed by a pool of threads."""
         opts = self.opts
         workers = opts.workers or min(os.cpu_count() or 1, 8)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            local: dict[int, DestSize] = {}
+        # two pools: file tasks may wait for their segments, segment tasks never wait
+        with (
+            ThreadPoolExecutor(max_workers=workers) as pool,
+            ThreadPoolExecutor(max_workers=workers) as segment_pool,
+        ):
+            cutter = _Cutter(opts, segment_pool) if opts.codec is not None else None
 
             def task(ino: Inode) -> _FileResult:
-                ds: DestSize | None = None
-                if opts.codec is not None:
-                    key = threading.get_ident()
-                    ds = local.get(key)
-                    if ds is None:
-                        ds = local[key] = opts.codec.destsize(opts.pcluster_size)
-                return _prepare_file(ino.node, ino, opts, ds)
+                return _prepare_file(ino.node, ino, opts, cutter)
 
             pending: deque[tuple[Inode, Future[_FileResult]]] = deque()
             it = iter(files)
@@ -407,8 +439,7 @@ class ErofsWriter:
                     mtime_ns=mtime, size=len(data), data=BytesData(data))  # fmt: skip
         ino = Inode(node, len(self.inodes) + 1, node.mtime_ns, size=len(data))
         inodemod.choose_core(ino, opts.build_time, force_compact=False, force_extended=False)
-        ds = opts.codec.destsize(opts.pcluster_size) if opts.codec is not None else None
-        res = _prepare_file(node, ino, opts, ds)
+        res = _prepare_file(node, ino, opts, _Cutter(opts, None) if opts.codec else None)
         self._place_file(ino, res, cursor)
         payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
         f.write(payload)
