@@ -281,7 +281,7 @@ class _Excluder:
 
 def _scan_dir(src: bytes, excluded: _Excluder) -> Node:
     try:
-        st = os.lstat(src)
+        st = os.stat(src)  # SRC itself may be a symlink to the tree; nothing inside is followed
     except OSError as e:
         raise BuildError(f"{show(src)}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
