@@ -175,9 +175,15 @@ def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptio
 
 
 def _progress_bar() -> Callable[[int, int], None]:
+    """A bar on stderr, redrawn only when it grows."""
+    width = 40
+    shown = [-1]
+
     def show(done: int, total: int) -> None:
-        width = 40
         filled = width * done // max(total, 1)
+        if filled == shown[0] and done != total:
+            return
+        shown[0] = filled
         end = "\n" if done == total else ""
         sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files{end}")
         sys.stderr.flush()
