@@ -1,0 +1,188 @@
+"""``nommufs budget`` from the command line: the table, --json's schema,
+--plot's PNG, exit codes, and bad input answered by one line."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+from tests.conftest import nommufs
+
+RESULT_KEYS = {
+    "mm",
+    "decompress",
+    "ok",
+    "failure",
+    "peak_frames",
+    "bytes_decompressed",
+    "bounce_bytes",
+    "copy_bytes",
+    "vmap_calls",
+    "vmap_failures",
+    "lost_writes",
+    "evictions",
+    "largest_alloc_order",
+}
+
+
+def _one_line_error(r: subprocess.CompletedProcess[bytes]) -> str:
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1, err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_table_names_the_failure(erofs16: Path) -> None:
+    r = nommufs("budget", str(erofs16), "--arena", "1M", "--mm", "nommu-contig")
+    assert r.returncode == 0, r.stderr  # a failing combination is data
+    out = r.stdout.decode()
+    rows = [line.split() for line in out.splitlines()[2:6]]
+    assert [row[:3] for row in rows] == [
+        ["nommu-contig", "vmap", "FAIL"],
+        ["nommu-contig", "bounce", "ok"],
+        ["nommu-contig", "contig-folio", "ok"],
+        ["nommu-contig", "percpu-buffer", "ok"],
+    ]
+    assert "nommu-contig+vmap: /big" in out and "scattered" in out
+
+
+def test_json_schema(erofs16: Path) -> None:
+    r = nommufs(
+        "budget",
+        str(erofs16),
+        "--arena",
+        "1M",
+        "--json",
+        "--find-min",
+        "--mm",
+        "mmu",
+        "--mm",
+        "nommu-contig",
+        "--decompress",
+        "vmap",
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["image"] == str(erofs16)
+    assert doc["format"] == "erofs"
+    assert doc["arena_bytes"] == 1 << 20
+    assert doc["workload"] == "all"
+    results = doc["results"]
+    assert [(x["mm"], x["decompress"]) for x in results] == [
+        ("mmu", "vmap"),
+        ("nommu-contig", "vmap"),
+    ]
+    for x in results:
+        assert RESULT_KEYS | {"min_arena_bytes"} <= set(x)
+        assert isinstance(x["ok"], bool)
+        assert (x["failure"] is None) == x["ok"]
+        for key in RESULT_KEYS - {"mm", "decompress", "ok", "failure"}:
+            assert isinstance(x[key], int), key
+    mmu, contig = results
+    assert mmu["ok"] and mmu["bounce_bytes"] == 0 and mmu["copy_bytes"] == 0
+    assert 0 < mmu["min_arena_bytes"] <= 1 << 20 and mmu["min_arena_bytes"] % 4096 == 0
+    assert not contig["ok"] and "scattered" in contig["failure"]
+    assert contig["min_arena_bytes"] is None
+
+
+def test_json_without_find_min_has_no_min(cramfs_xip: Path) -> None:
+    r = nommufs("budget", str(cramfs_xip), "--arena", "512K", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["format"] == "cramfs"
+    assert [x["mm"] for x in doc["results"]] == ["mmu", "nommu-contig", "nommu-bounce"]
+    assert all(x["decompress"] is None for x in doc["results"])
+    assert all("min_arena_bytes" not in x for x in doc["results"])
+
+
+def test_plot_writes_a_png(erofs16: Path, tmp_path: Path) -> None:
+    out = tmp_path / "occupancy.png"
+    r = nommufs(
+        "budget",
+        str(erofs16),
+        "--arena",
+        "1M",
+        "--mm",
+        "nommu-bounce",
+        "--decompress",
+        "vmap",
+        "--decompress",
+        "percpu-buffer",
+        "--plot",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 400 and height >= 200
+    assert len(data) > 10_000
+    assert [p.name for p in tmp_path.iterdir()] == ["occupancy.png"]  # no temp left
+
+
+def test_fail_if_none_fits(erofs16: Path) -> None:
+    args = ("budget", str(erofs16), "--arena", "1M", "--mm", "nommu-contig", "--decompress", "vmap")
+    assert nommufs(*args).returncode == 0
+    assert nommufs(*args, "--fail-if-none-fits").returncode == 3
+
+
+def test_workload_list(erofs16: Path, tmp_path: Path) -> None:
+    lst = tmp_path / "files.txt"
+    lst.write_text("# boot path\n/big03.txt\n\nsub/random.bin\nlink\n")
+    r = nommufs(
+        "budget",
+        str(erofs16),
+        "--workload",
+        f"list:{lst}",
+        "--json",
+        "--mm",
+        "mmu",
+        "--decompress",
+        "vmap",
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["workload"] == f"list:{lst}"
+    assert doc["workload_files"] == 3
+    (res,) = doc["results"]
+    assert res["ok"] and res["files_done"] == 3
+    assert res["bytes_read"] == 115_000 + 20_000 + 13
+
+
+def test_bad_input(erofs16: Path, cramfs_xip: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\0" * 8192)
+    assert "not an EROFS or cramfs image" in _one_line_error(nommufs("budget", str(junk)))
+    assert "No such file" in _one_line_error(nommufs("budget", str(tmp_path / "absent")))
+    missing = tmp_path / "no-list.txt"
+    err = _one_line_error(nommufs("budget", str(erofs16), "--workload", f"list:{missing}"))
+    assert "cannot read" in err and str(missing) in err
+    lst = tmp_path / "list.txt"
+    lst.write_text("big01.txt\nno/such/file\n")
+    err = _one_line_error(nommufs("budget", str(erofs16), "--workload", f"list:{lst}"))
+    assert "line 2" in err and "no/such/file" in err
+    lst.write_text("sub\n")
+    assert "not a regular file" in _one_line_error(
+        nommufs("budget", str(erofs16), "--workload", f"list:{lst}")
+    )
+    assert "--workload" in _one_line_error(nommufs("budget", str(erofs16), "--workload", "some"))
+    assert "exec" in _one_line_error(nommufs("budget", str(erofs16), "--workload", "exec"))
+    assert "cramfs" in _one_line_error(nommufs("budget", str(cramfs_xip), "--decompress", "vmap"))
+    r = nommufs("budget", str(erofs16), "--arena", "1000")
+    assert r.returncode == 1 and "multiple of 4096" in r.stderr.decode()
+    r = nommufs(
+        "budget",
+        str(erofs16),
+        "--plot",
+        str(tmp_path / "no-dir" / "x.png"),
+        "--mm",
+        "mmu",
+        "--decompress",
+        "vmap",
+    )
+    _one_line_error(r)
+    assert not (tmp_path / "no-dir").exists()

@@ -1,0 +1,176 @@
+"""The replay's numbers against the arena's own counters, the strategies'
+expected costs, find-min's tightness, and XIP programs costing no frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fusefs.budget import (
+    OWNER_KINDS,
+    Combination,
+    Workload,
+    arena_of,
+    budget,
+    find_min_arena,
+    load_workload,
+    replay,
+)
+from fusefs.vfs import PAGE_SIZE, MemoryConfig, open_image
+
+# An arena small enough that the page cache evicts and the frames of a
+# pcluster's output end up scattered (the test tree is ~3 MiB).
+BOARD = 1 << 20
+
+
+def _workload(image: Path, kind: str = "all") -> Workload:
+    with open_image(image) as fs:
+        return load_workload(fs, "all" if kind == "all" else "exec")
+
+
+def test_numbers_are_the_arenas(erofs16: Path) -> None:
+    """Re-read every file by hand in a fresh arena: the same counters, and the
+    recorded occupancy adds up to the arena at every sample."""
+    work = _workload(erofs16)
+    combo = Combination("nommu-bounce", "vmap")
+    res = replay(erofs16, work, combo, BOARD, record=True)
+    assert res.ok, res.failure
+    assert res.files_done == len(work.files) > 20
+    assert res.bytes_read == work.total_bytes
+
+    with open_image(erofs16, combo.memory(BOARD)) as fs:
+        for wf in work.files:
+            data = b"".join(fs.read(wf.ino, off, 128 << 10) for off in range(0, wf.size, 128 << 10))
+            assert len(data) == wf.size
+        st = arena_of(fs).stats
+        mem = fs.memory_stats()
+    assert res.peak_frames == st.frames_peak
+    assert res.bounce_bytes == st.bounce_bytes > 0
+    assert res.vmap_calls == st.vmap_calls
+    assert res.evictions == st.evictions > 0
+    assert res.largest_alloc_order == st.largest_alloc_order
+    assert res.bytes_decompressed == mem["bytes_decompressed"] > 0
+
+    total = BOARD // PAGE_SIZE
+    assert res.samples
+    for s in res.samples:
+        assert len(s.by_owner) == len(OWNER_KINDS)
+        assert sum(s.by_owner) + s.free == total
+        assert 0 <= s.largest_free <= s.free
+    assert max(total - s.free for s in res.samples) <= res.peak_frames
+
+
+def test_mmu_vmap_copies_nothing(erofs16: Path) -> None:
+    res = replay(erofs16, _workload(erofs16), Combination("mmu", "vmap"), BOARD)
+    assert res.ok, res.failure
+    assert res.vmap_calls > 0
+    assert res.bounce_bytes == 0
+    assert res.copy_bytes == 0
+    assert res.lost_writes == 0
+
+
+def test_nommu_bounce_copies_the_scattered_clusters(erofs16: Path) -> None:
+    """Every vmap of scattered frames is a bounce: copied in, and back out."""
+    work = _workload(erofs16)
+    res = replay(erofs16, work, Combination("nommu-bounce", "vmap"), BOARD)
+    assert res.ok, res.failure
+    assert res.bounce_vmaps > 0
+    # at least two pages each way per scattered multi-page cluster
+    assert res.bounce_bytes >= res.bounce_vmaps * 2 * PAGE_SIZE
+    # nommu-contig fails on the first of those same scattered clusters
+    contig = replay(erofs16, work, Combination("nommu-contig", "vmap"), BOARD)
+    assert not contig.ok
+
+
+def test_nommu_contig_vmap_fails_where_folios_succeed(erofs16: Path) -> None:
+    work = _workload(erofs16)
+    failed = replay(erofs16, work, Combination("nommu-contig", "vmap"), BOARD)
+    assert failed.failure is not None
+    assert "scattered" in failed.failure and "vmap" in failed.failure
+    assert failed.failure.startswith("/big")  # names the file being read
+    assert failed.vmap_failures >= 1
+    assert failed.files_done < len(work.files)
+    for strategy in ("contig-folio", "percpu-buffer"):
+        res = replay(erofs16, work, Combination("nommu-contig", strategy), BOARD)
+        assert res.ok, (strategy, res.failure)
+        assert res.vmap_failures == 0
+
+
+def test_percpu_reservation_counts_from_mount(erofs16: Path) -> None:
+    """The percpu buffers are allocated at mount and are part of the peak."""
+    with open_image(erofs16, MemoryConfig("mmu", "percpu-buffer", BOARD)) as fs:
+        at_mount = arena_of(fs).stats.frames_by_owner["percpu"]
+    assert at_mount > 0
+    empty = Workload("list", ())
+    res = replay(erofs16, empty, Combination("mmu", "percpu-buffer"), BOARD)
+    assert res.ok and res.peak_frames >= at_mount
+
+
+@pytest.mark.parametrize(
+    ("fixture", "kind", "combo"),
+    [
+        ("erofs16", "all", Combination("mmu", "vmap")),
+        ("erofs16", "all", Combination("nommu-contig", "contig-folio")),
+        # reading cramfs needs one frame at a time; loading programs needs more
+        ("cramfs_plain", "exec", Combination("nommu-bounce", None)),
+    ],
+    ids=["erofs-mmu-vmap", "erofs-contig-folio", "cramfs-exec-bounce"],
+)
+def test_find_min_is_tight(
+    fixture: str, kind: str, combo: Combination, request: pytest.FixtureRequest
+) -> None:
+    image: Path = request.getfixturevalue(fixture)
+    work = _workload(image, kind)
+    found, probes = find_min_arena(lambda size: replay(image, work, combo, size).ok, BOARD)
+    assert found is not None and found % PAGE_SIZE == 0
+    assert 0 < probes <= 12
+    # re-run both sides of the boundary in fresh arenas
+    assert replay(image, work, combo, found).ok
+    below = replay(image, work, combo, found - PAGE_SIZE)
+    assert not below.ok and below.failure
+
+
+def test_find_min_bisection() -> None:
+    calls: list[int] = []
+
+    def probe(size: int) -> bool:
+        calls.append(size)
+        return size >= 37 * PAGE_SIZE
+
+    assert find_min_arena(probe, 256 * PAGE_SIZE) == (37 * PAGE_SIZE, len(calls))
+    assert len(calls) <= 10
+    calls.clear()
+    assert find_min_arena(probe, 256 * PAGE_SIZE, first_guess=37 * PAGE_SIZE) == (37 * PAGE_SIZE, 3)
+    assert find_min_arena(probe, 36 * PAGE_SIZE)[0] is None
+    assert find_min_arena(lambda size: True, 256 * PAGE_SIZE)[0] == PAGE_SIZE
+
+
+def test_budget_report_find_min(erofs16: Path) -> None:
+    report = budget(
+        erofs16,
+        arena_bytes=BOARD,
+        mms=("nommu-contig",),
+        strategies=("vmap", "contig-folio"),
+        find_min=True,
+    )
+    by = {r.decompress: r for r in report.results}
+    assert by["vmap"].min_arena_bytes is None or by["vmap"].min_arena_bytes <= BOARD
+    folio = by["contig-folio"].min_arena_bytes
+    assert folio is not None and folio < BOARD
+    assert report.format == "erofs" and report.workload.kind == "all"
+
+
+def test_xip_programs_cost_no_frames(cramfs_xip: Path, cramfs_plain: Path) -> None:
+    """Loading the programs: XIP text maps flash (no frame), plain text is
+    decompressed into page-cache frames."""
+    xip = budget(cramfs_xip, arena_bytes=BOARD, workload="exec", mms=("mmu",))
+    (res,) = xip.results
+    assert res.ok, res.failure
+    assert res.files_done == 2
+    assert res.exec_text_frames == 0
+    plain = budget(cramfs_plain, arena_bytes=BOARD, workload="exec", mms=("mmu",))
+    (pres,) = plain.results
+    assert pres.ok, pres.failure
+    assert pres.exec_text_frames is not None and pres.exec_text_frames > 0
+    assert res.decompress is None  # cramfs has no strategy axis
