@@ -428,15 +428,21 @@ def _collect(fs: Filesystem, arena: Arena, result: BudgetResult) -> None:
 
 
 def find_min_arena(
-    probe: Callable[[int], bool], max_bytes: int, *, first_guess: int | None = None
+    probe: Callable[[int], bool], max_bytes: int, *, max_ok: bool | None = None
 ) -> tuple[int | None, int]:
     """The smallest arena (a multiple of the page size, at most ``max_bytes``)
-    for which ``probe(arena_bytes)`` succeeds, by bisection; None when even
-    ``max_bytes`` fails.  Returns it and the number of probes.
+    for which ``probe(arena_bytes)`` succeeds; None when even ``max_bytes``
+    fails.  Returns it and the number of probes made.
 
-    Every answer is one a probe gave: the workload succeeded at the result
-    and failed one page below it (or the result is one page).  ``first_guess``
-    (e.g. the peak seen in a larger arena) is tried first to narrow the range.
+    ``max_ok`` is the outcome at ``max_bytes`` when already known.  The search
+    gallops up from one page (1, 2, 4, ... pages) and then bisects between the
+    last failure and the first success: a failing probe stops at its first
+    failed allocation and is cheap, a succeeding one replays everything, and
+    galloping makes few of those.  The answer is one the probes gave: the
+    workload succeeded at it and failed one page below (or it is one page).
+    It assumes a larger arena never fails where a smaller one succeeded;
+    where that does not hold it is still a tight boundary, not necessarily
+    the smallest of all.
     """
     probes = 0
 
@@ -445,23 +451,17 @@ def find_min_arena(
         probes += 1
         return probe(pages * PAGE_SIZE)
 
-    hi = max_bytes // PAGE_SIZE
-    if not run(hi):
+    top = max_bytes // PAGE_SIZE
+    if not (run(top) if max_ok is None else max_ok):
         return None, probes
-    lo = 0  # an empty arena holds nothing: a failure by definition
-    if first_guess is not None:
-        guess = -(-first_guess // PAGE_SIZE)
-        if lo < guess < hi:
-            if run(guess):
-                hi = guess
-                # the peak elsewhere is often the answer: check one page below
-                if guess - 1 > lo:
-                    if run(guess - 1):
-                        hi = guess - 1
-                    else:
-                        lo = guess - 1
-            else:
-                lo = guess
+    lo, hi = 0, top  # an empty arena holds nothing: a failure by definition
+    step = 1
+    while step < hi:
+        if run(step):
+            hi = step
+            break
+        lo = step
+        step *= 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if run(mid):
@@ -517,9 +517,8 @@ def budget(
     for combo in default_combinations(fmt, mms, strategies, xip_read):
         res = replay(image, work, combo, arena_bytes, offset=offset, record=record)
         if find_min:
-            guess = res.peak_frames * PAGE_SIZE if res.ok else None
             res.min_arena_bytes, res.probes = find_min_arena(
-                _probe(image, work, combo, offset), arena_bytes, first_guess=guess
+                _probe(image, work, combo, offset), arena_bytes, max_ok=res.ok
             )
         results.append(res)
         if progress is not None:

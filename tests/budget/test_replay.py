@@ -124,7 +124,7 @@ def test_find_min_is_tight(
     work = _workload(image, kind)
     found, probes = find_min_arena(lambda size: replay(image, work, combo, size).ok, BOARD)
     assert found is not None and found % PAGE_SIZE == 0
-    assert 0 < probes <= 12
+    assert 0 < probes <= 20
     # re-run both sides of the boundary in fresh arenas
     assert replay(image, work, combo, found).ok
     below = replay(image, work, combo, found - PAGE_SIZE)
@@ -139,11 +139,16 @@ def test_find_min_bisection() -> None:
         return size >= 37 * PAGE_SIZE
 
     assert find_min_arena(probe, 256 * PAGE_SIZE) == (37 * PAGE_SIZE, len(calls))
-    assert len(calls) <= 10
+    assert len(calls) <= 14
+    assert 37 * PAGE_SIZE in calls and 36 * PAGE_SIZE in calls
     calls.clear()
-    assert find_min_arena(probe, 256 * PAGE_SIZE, first_guess=37 * PAGE_SIZE) == (37 * PAGE_SIZE, 3)
+    found, probes = find_min_arena(probe, 256 * PAGE_SIZE, max_ok=True)
+    assert found == 37 * PAGE_SIZE and 256 * PAGE_SIZE not in calls and probes == len(calls)
     assert find_min_arena(probe, 36 * PAGE_SIZE)[0] is None
-    assert find_min_arena(lambda size: True, 256 * PAGE_SIZE)[0] == PAGE_SIZE
+    assert find_min_arena(probe, 36 * PAGE_SIZE, max_ok=False) == (None, 0)
+    assert find_min_arena(lambda size: True, 256 * PAGE_SIZE) == (PAGE_SIZE, 2)
+    # the whole arena is the minimum
+    assert find_min_arena(probe, 37 * PAGE_SIZE)[0] == 37 * PAGE_SIZE
 
 
 def test_budget_report_find_min(erofs16: Path) -> None:
