@@ -494,6 +494,11 @@ class ErofsFilesystem(Filesystem):
             except FsError as e:
                 yield f"nid {nid}: {e}"
         sb = self.sbi.sb
+        if sb.blocks * self.sbi.block_size > self.image.size:
+            yield (
+                f"superblock: {sb.blocks} blocks of {self.sbi.block_size} claimed, "
+                f"the image has {self.image.size} bytes (truncated?)"
+            )
         if sb.inos and len(inodes) > sb.inos:
             yield f"superblock: {sb.inos} inodes claimed, {len(inodes)} reachable"
 
