@@ -257,6 +257,13 @@ def all_files(fs: Filesystem) -> tuple[WorkFile, ...]:
     return tuple(out)
 
 
+def _located(where: str, e: FsError) -> FsError:
+    """``e`` with the place it happened in front of its message (same errno)."""
+    err = FsError(f"{where}: {e}")
+    err.errno = e.errno
+    return err
+
+
 def listed_files(fs: Filesystem, list_path: str) -> tuple[WorkFile, ...]:
     """The files named in ``list_path``, one path per line (blank lines and
     ``#`` comments skipped), symlinks followed."""
@@ -280,7 +287,7 @@ def listed_files(fs: Filesystem, list_path: str) -> tuple[WorkFile, ...]:
                 f"{where}: {line.decode(errors='backslashreplace')}: no such file in the image"
             ) from None
         except FsError as e:
-            raise type(e)(f"{where}: {e}") from None
+            raise _located(where, e) from e
         attr = fs.getattr(ino)
         if not attr.is_reg:
             raise InvalidArgumentError(
@@ -346,7 +353,7 @@ def _read_files(fs: Filesystem, files: Sequence[WorkFile], result: BudgetResult)
             result.failure = f"{wf.path}: {e}"
             return
         except FsError as e:
-            raise type(e)(f"{wf.path}: {e}") from None
+            raise _located(wf.path, e) from e
         result.files_done += 1
 
 

@@ -186,3 +186,20 @@ def test_bad_input(erofs16: Path, cramfs_xip: Path, tmp_path: Path) -> None:
     )
     _one_line_error(r)
     assert not (tmp_path / "no-dir").exists()
+
+
+def test_corrupt_image(erofs16: Path, tmp_path: Path) -> None:
+    """A truncated image and one with garbage over compressed data: one line
+    naming the place (the file being read, the extent), exit 1."""
+    data = erofs16.read_bytes()
+    short = tmp_path / "short.erofs"
+    short.write_bytes(data[: len(data) // 2])
+    err = _one_line_error(nommufs("budget", str(short), "--mm", "mmu", "--decompress", "vmap"))
+    assert "outside" in err
+    bad = bytearray(data)
+    mid = len(bad) // 2
+    bad[mid : mid + (64 << 10)] = b"\xaa" * (64 << 10)
+    garbled = tmp_path / "garbled.erofs"
+    garbled.write_bytes(bad)
+    err = _one_line_error(nommufs("budget", str(garbled), "--mm", "mmu", "--decompress", "vmap"))
+    assert err.startswith("nommufs budget: /") and "extent" in err
