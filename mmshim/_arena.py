@@ -33,6 +33,13 @@ from mmshim._errors import (
     VmapError,
 )
 from mmshim._page import (
+    F_DIRTY,
+    F_FREE,
+    F_HEAD,
+    F_LOCKED,
+    F_LRU,
+    F_TAIL,
+    F_UPTODATE,
     MAX_ORDER,
     PAGE_SIZE,
     Owner,
@@ -40,13 +47,6 @@ from mmshim._page import (
     Page,
     PageFlags,
     Pfn,
-    PG_dirty,
-    PG_free,
-    PG_head,
-    PG_locked,
-    PG_lru,
-    PG_tail,
-    PG_uptodate,
 )
 from mmshim._stats import ArenaStats
 from mmshim._vmap import VM_MAP_PUT_PAGES, Mapping, MappingKind
@@ -61,7 +61,16 @@ Observer = Callable[["Arena"], None]
 
 # Flags a folio must not carry when it goes back to the buddy allocator
 # (the kernel's PAGE_FLAGS_CHECK_AT_FREE, reduced to the flags we model).
-_CHECK_AT_FREE: Final = PG_locked | PG_lru
+_CHECK_AT_FREE: Final = F_LOCKED | F_LRU
+# The only flags set_page_flags / clear_page_flags may change.
+_SETTABLE: Final = F_UPTODATE | F_DIRTY
+_OWNER_KINDS: Final = tuple(OwnerKind)
+# The arena counts frames per owner kind in a list; a kind's slot in it is
+# found by the member's id (enum members live as long as the process), since
+# hashing an enum member is a Python-level call on every alloc and free.
+_SLOT: Final = {id(k): i for i, k in enumerate(_OWNER_KINDS)}
+_FREE_SLOT: Final = _SLOT[id(OwnerKind.FREE)]
+_KIND_VALUES: Final[tuple[str, ...]] = tuple(k.value for k in _OWNER_KINDS)
 
 
 def is_contiguous(pages: Sequence[Page]) -> bool:
@@ -69,7 +78,15 @@ def is_contiguous(pages: Sequence[Page]) -> bool:
     if not pages:
         return False
     first = pages[0]
-    return all(p.pfn == first.pfn + i and p.arena is first.arena for i, p in enumerate(pages))
+    pfn: int = first.pfn
+    arena = first._arena
+    if pages[-1].pfn != pfn + len(pages) - 1:  # the common "no" in O(1)
+        return False
+    for p in pages:
+        if p.pfn != pfn or p._arena is not arena:
+            return False
+        pfn += 1
+    return True
 
 
 def _digest(frame: memoryview) -> bytes:
@@ -110,6 +127,7 @@ class Arena:
         self.nr_pages: Final = size // PAGE_SIZE
         self._lock = threading.RLock()
         self._page_lock_wait = threading.Condition(self._lock)
+        self._page_lock_waiters = 0  # threads in wait(): unlock_page wakes only if any
 
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         self._close_fd = weakref.finalize(self, os.close, fd)
@@ -125,8 +143,9 @@ class Arena:
         self._mappings: dict[int, Mapping] = {}
         self._shrinkers: list[Shrinker] = []
         self._observers: list[Observer] = []
-        self._owner_frames = dict.fromkeys(OwnerKind, 0)
-        self._owner_frames[OwnerKind.FREE] = self.nr_pages
+        # frames per OwnerKind, indexed by _SLOT
+        self._owner_frames = [0] * len(_OWNER_KINDS)
+        self._owner_frames[_FREE_SLOT] = self.nr_pages
         self._closed = False
 
         self._frames_peak = 0
@@ -163,11 +182,12 @@ class Arena:
             raise MmshimError(f"{self!r} is closed")
 
     def _own(self, page: Page) -> Page:
-        if page.arena is not self:
+        if page._arena is not self:
             raise ValueError(f"{page!r} belongs to another arena")
         return page
 
     def _notify(self) -> None:
+        # Callers test ``if self._observers`` first: no observer, no call.
         for fn in self._observers:
             fn(self)
 
@@ -225,8 +245,13 @@ class Arena:
                 evictions=self._evictions,
                 stale_view_unmaps=self._stale_view_unmaps,
                 free_blocks_by_order=tuple(self._buddy.free_counts()),
-                frames_by_owner={k.value: n for k, n in self._owner_frames.items()},
+                frames_by_owner=dict(zip(_KIND_VALUES, self._owner_frames, strict=True)),
             )
+
+    @property
+    def frames_free(self) -> int:
+        """Free frames now: ``stats.frames_free`` without building a whole snapshot."""
+        return self._buddy.nr_free
 
     def reset_peak(self) -> None:
         """Start a new high-water mark of used frames from the current use."""
@@ -247,7 +272,8 @@ class Arena:
         with self._lock:
             self._check_open()
             self._alloc_calls += 1
-            self._largest_alloc_order = max(self._largest_alloc_order, order)
+            if order > self._largest_alloc_order:
+                self._largest_alloc_order = order
             pfn = self._buddy.alloc(order) if order <= MAX_ORDER else None
             if pfn is None and order <= MAX_ORDER:
                 pfn = self._alloc_slowpath(order)
@@ -262,7 +288,8 @@ class Arena:
                     frames_free=free,
                 )
             head = self._prep_new_folio(pfn, order, owner)
-            self._notify()
+            if self._observers:
+                self._notify()
             return head
 
     def _alloc_slowpath(self, order: int) -> int | None:
@@ -281,33 +308,46 @@ class Arena:
 
     def _prep_new_folio(self, pfn: int, order: int, owner: Owner) -> Page:
         nr = 1 << order
-        head = self._pages[pfn]
+        pages = self._pages
+        head = pages[pfn]
         # The buddy allocator split a larger block: mark the halves it gave back.
         for k in range(order, head._order):
-            self._pages[pfn + (1 << k)]._order = k
-        frames = self._pages[pfn : pfn + nr]
-        for p in frames:
-            assert p.flags == PG_free and p.refcount == 0 and p.mapcount == 0, p
-            p.flags = PG_tail
-            p.refcount = 0
-            p._order = 0
-            p.head = head
-            p.owner = owner
-        head.flags = PG_head if order else PageFlags(0)
+            pages[pfn + (1 << k)]._order = k
+        if order:
+            for p in pages[pfn : pfn + nr]:
+                assert p._flags == F_FREE and p.refcount == 0 and p.mapcount == 0, p
+                p._flags = F_TAIL
+                p.refcount = 0
+                p._order = 0
+                p.head = head
+                p.owner = owner
+            head._flags = F_HEAD
+        else:
+            assert head._flags == F_FREE and head.refcount == 0 and head.mapcount == 0, head
+            head._flags = 0
+            head.owner = owner
         head.refcount = 1
         head._order = order
-        self._owner_frames[OwnerKind.FREE] -= nr
-        self._owner_frames[owner.kind] += nr
+        self._owner_frames[_FREE_SLOT] -= nr
+        self._owner_frames[_SLOT[id(owner.kind)]] += nr
         used = self.nr_pages - self._buddy.nr_free
-        self._frames_peak = max(self._frames_peak, used)
+        if used > self._frames_peak:
+            self._frames_peak = used
         return head
 
     def _check_free(self, head: Page) -> None:
         """Raise before a folio whose last reference goes is in a state it must not be freed in."""
-        if head.flags & _CHECK_AT_FREE:
+        if head._flags & _CHECK_AT_FREE:
             raise BadPageStateError(
                 f"freeing pfn {head.pfn} with flags {head.flags!r} still set", pfn=head.pfn
             )
+        if head._order == 0:
+            if head.mapcount:
+                raise BadPageStateError(
+                    f"freeing pfn {head.pfn} while {head.mapcount} vmap(s) still map it",
+                    pfn=head.pfn,
+                )
+            return
         for p in self._pages[head.pfn : head.pfn + (1 << head._order)]:
             if p.mapcount:
                 raise BadPageStateError(
@@ -317,34 +357,40 @@ class Arena:
     def _free_folio(self, head: Page) -> None:
         order = head._order
         nr = 1 << order
-        for p in self._pages[head.pfn : head.pfn + nr]:
-            p.flags = PG_free
-            p.refcount = 0
-            p._order = 0
-            p.head = p
-            p.owner = Owner.FREE
-        self._owner_frames[OwnerKind.FREE] += nr
+        free_owner = Owner.FREE
+        if order:
+            for p in self._pages[head.pfn : head.pfn + nr]:
+                p._flags = F_FREE
+                p.refcount = 0
+                p._order = 0
+                p.head = p
+                p.owner = free_owner
+        else:
+            head._flags = F_FREE
+            head.refcount = 0
+            head.owner = free_owner
+        self._owner_frames[_FREE_SLOT] += nr
         merged_pfn, merged_order, absorbed = self._buddy.free(head.pfn, order)
+        pages = self._pages
         for pfn, _ in absorbed:
-            self._pages[pfn]._order = 0
-        self._pages[merged_pfn]._order = merged_order
+            pages[pfn]._order = 0
+        pages[merged_pfn]._order = merged_order
 
     def _put(self, head: Page) -> bool:
         """Drop one reference on a head page; free the folio at zero.  True if freed."""
         if head.refcount == 1:
             self._check_free(head)
-            kind = head.owner.kind
             head.refcount = 0
-            self._owner_frames[kind] -= 1 << head._order
+            self._owner_frames[_SLOT[id(head.owner.kind)]] -= 1 << head._order
             self._free_folio(head)
             return True
         head.refcount -= 1
         return False
 
     def _live_head(self, page: Page, what: str) -> Page:
-        self._own(page)
         head = page.head
-        if head.flags & PG_free or head.refcount <= 0:
+        if page._arena is not self or head._flags & F_FREE or head.refcount <= 0:
+            self._own(page)
             raise BadPageStateError(
                 f"{what}(pfn {page.pfn}): page is free (refcount {head.refcount})", pfn=page.pfn
             )
@@ -362,21 +408,21 @@ class Arena:
         with self._lock:
             self._check_open()
             self._own(page)
-            if page.flags & PG_tail:
+            if page._flags & F_TAIL:
                 raise TailPageError(
                     f"free_pages(pfn {page.pfn}): tail page of the order-{page.head._order} "
                     f"folio at pfn {page.head.pfn} has refcount 0 "
                     "(VM_BUG_ON_PAGE(page_ref_count(page) == 0))",
                     pfn=page.pfn,
                 )
-            if page.flags & PG_free or page.refcount <= 0:
+            if page._flags & F_FREE or page.refcount <= 0:
                 raise BadPageStateError(f"free_pages(pfn {page.pfn}): double free", pfn=page.pfn)
             if order is not None and order != page._order:
                 raise BadPageStateError(
                     f"free_pages(pfn {page.pfn}, order={order}): folio has order {page._order}",
                     pfn=page.pfn,
                 )
-            if self._put(page):
+            if self._put(page) and self._observers:
                 self._notify()
 
     def alloc_pages_exact(self, nr_pages: int, owner: Owner = Owner.OTHER) -> list[Page]:
@@ -394,13 +440,13 @@ class Arena:
             head = self.alloc_pages((nr_pages - 1).bit_length(), owner)
             frames = self._pages[head.pfn : head.pfn + head.nr_pages]
             for p in frames:
-                p.flags = PageFlags(0)
+                p._flags = 0
                 p.refcount = 1
                 p._order = 0
                 p.head = p
             for p in frames[nr_pages:]:
                 self._put(p)
-            if len(frames) > nr_pages:
+            if len(frames) > nr_pages and self._observers:
                 self._notify()
             return frames[:nr_pages]
 
@@ -418,7 +464,7 @@ class Arena:
     def put_page(self, page: Page) -> None:
         """Drop a reference (a tail page's goes to its head); free the folio at zero."""
         with self._lock:
-            if self._put(self._live_head(page, "put_page")):
+            if self._put(self._live_head(page, "put_page")) and self._observers:
                 self._notify()
 
     def set_owner(self, page: Page, owner: Owner) -> None:
@@ -426,8 +472,8 @@ class Arena:
         with self._lock:
             head = self._live_head(page, "set_owner")
             nr = 1 << head._order
-            self._owner_frames[head.owner.kind] -= nr
-            self._owner_frames[owner.kind] += nr
+            self._owner_frames[_SLOT[id(head.owner.kind)]] -= nr
+            self._owner_frames[_SLOT[id(owner.kind)]] += nr
             for p in self._pages[head.pfn : head.pfn + nr]:
                 p.owner = owner
 
@@ -435,46 +481,60 @@ class Arena:
 
     def set_page_flags(self, page: Page, flags: PageFlags) -> None:
         """Set uptodate/dirty on a folio (on its head)."""
-        with self._lock:
-            if flags & ~(PG_uptodate | PG_dirty):
-                raise ValueError(f"only PG_uptodate and PG_dirty may be set, not {flags!r}")
-            self._live_head(page, "set_page_flags").flags |= flags
+        bits = int(flags)
+        if bits & ~_SETTABLE:
+            raise ValueError(f"only PG_uptodate and PG_dirty may be set, not {flags!r}")
+        self._change_flags(page, bits, 0, "set_page_flags")
 
     def clear_page_flags(self, page: Page, flags: PageFlags) -> None:
+        bits = int(flags)
+        if bits & ~_SETTABLE:
+            raise ValueError(f"only PG_uptodate and PG_dirty may be cleared, not {flags!r}")
+        self._change_flags(page, 0, bits, "clear_page_flags")
+
+    def _change_flags(self, page: Page, set_bits: int, clear_bits: int, what: str) -> None:
+        """Set then clear (plain int) flag bits on a live folio's head."""
         with self._lock:
-            if flags & ~(PG_uptodate | PG_dirty):
-                raise ValueError(f"only PG_uptodate and PG_dirty may be cleared, not {flags!r}")
-            self._live_head(page, "clear_page_flags").flags &= ~flags
+            head = self._live_head(page, what)
+            head._flags = (head._flags | set_bits) & ~clear_bits
 
     def lock_page(self, page: Page) -> None:
         """Take the folio lock, waiting while another holder has it."""
-        with self._page_lock_wait:
+        with self._lock:
             head = self._live_head(page, "lock_page")
-            while head.flags & PG_locked:
-                self._page_lock_wait.wait()
-            head.flags |= PG_locked
+            while head._flags & F_LOCKED:
+                self._wait_page_lock()
+            head._flags |= F_LOCKED
+
+    def _wait_page_lock(self) -> None:
+        self._page_lock_waiters += 1
+        try:
+            self._page_lock_wait.wait()
+        finally:
+            self._page_lock_waiters -= 1
 
     def trylock_page(self, page: Page) -> bool:
         with self._lock:
             head = self._live_head(page, "trylock_page")
-            if head.flags & PG_locked:
+            if head._flags & F_LOCKED:
                 return False
-            head.flags |= PG_locked
+            head._flags |= F_LOCKED
             return True
 
     def unlock_page(self, page: Page) -> None:
-        with self._page_lock_wait:
+        with self._lock:
             head = self._live_head(page, "unlock_page")
-            if not head.flags & PG_locked:
+            if not head._flags & F_LOCKED:
                 raise BadPageStateError(f"unlock_page(pfn {page.pfn}): not locked", pfn=page.pfn)
-            head.flags &= ~PG_locked
-            self._page_lock_wait.notify_all()
+            head._flags &= ~F_LOCKED
+            if self._page_lock_waiters:
+                self._page_lock_wait.notify_all()
 
     def wait_on_page_locked(self, page: Page) -> None:
-        with self._page_lock_wait:
+        with self._lock:
             head = self._live_head(page, "wait_on_page_locked")
-            while head.flags & PG_locked:
-                self._page_lock_wait.wait()
+            while head._flags & F_LOCKED:
+                self._wait_page_lock()
 
     # -- direct access: page_address / kmap_local ----------------------------
 
@@ -496,7 +556,7 @@ class Arena:
         """
         with self._lock:
             self._check_open()
-            if not is_contiguous(pages) or pages[0].arena is not self:
+            if not is_contiguous(pages) or pages[0]._arena is not self:
                 raise ValueError("contig_view of pages that are not consecutive frames")
             for p in pages:
                 self._live_head(p, "contig_view")
@@ -507,7 +567,7 @@ class Arena:
         """A writable view of a whole folio, given its head (``folio_address``)."""
         with self._lock:
             self._check_open()
-            if head.flags & PG_tail:
+            if head._flags & F_TAIL:
                 raise TailPageError(
                     f"folio_view(pfn {head.pfn}): tail page of the folio at pfn {head.head.pfn}",
                     pfn=head.pfn,
@@ -540,9 +600,10 @@ class Arena:
             if not pages:
                 raise ValueError("vmap of no pages")
             self._vmap_calls += 1
+            reject_tails = self.tail_pages == "reject"
             for p in pages:
                 self._live_head(p, "vmap")
-                if p.flags & PG_tail and self.tail_pages == "reject":
+                if p._flags & F_TAIL and reject_tails:
                     self._vmap_failures += 1
                     raise TailPageError(
                         f"vmap: pfn {p.pfn} is a tail page of the order-{p.head._order} folio "
@@ -591,7 +652,8 @@ class Arena:
                 via_map_ram=via_map_ram,
             )
             self._mappings[id(m)] = m
-            self._notify()
+            if self._observers:
+                self._notify()
             return m
 
     def _bounce_in(self, pages: tuple[Page, ...]) -> tuple[Page, list[bytes]]:
@@ -668,7 +730,7 @@ class Arena:
                     pfn=pfn,
                 )
             if head.refcount == n:
-                if head.flags & _CHECK_AT_FREE:
+                if head._flags & _CHECK_AT_FREE:
                     raise BadPageStateError(
                         f"vunmap(VM_MAP_PUT_PAGES) would free pfn {pfn} with flags {head.flags!r}",
                         pfn=pfn,
@@ -706,7 +768,8 @@ class Arena:
                 # is free_pages() here and raises TailPageError on a tail page.)
                 for p in m.pages:
                     self._put(p.head)
-            self._notify()
+            if self._observers:
+                self._notify()
 
     def check_invariants(self) -> None:
         """Walk every frame and check the metadata against the buddy allocator.
@@ -722,7 +785,7 @@ class Arena:
 
         with self._lock:
             free_blocks = set(self._buddy.free_blocks())
-            owners = dict.fromkeys(OwnerKind, 0)
+            owners = [0] * len(_OWNER_KINDS)
             mapped = collections.Counter(p.pfn for m in self._mappings.values() for p in m.pages)
             pfn = 0
             while pfn < self.nr_pages:
@@ -732,22 +795,22 @@ class Arena:
                 if pfn % nr or pfn + nr > self.nr_pages:
                     raise bad(pfn, f"order-{order} block is not an aligned block of the arena")
                 frames = self._pages[pfn : pfn + nr]
-                if head.flags & PG_free:
+                if head._flags & F_FREE:
                     if (pfn, order) not in free_blocks:
                         raise bad(pfn, f"marked free (order {order}) but not on a free list")
                     free_blocks.discard((pfn, order))
                     for p in frames:
-                        if p.flags != PG_free or p.refcount or p.mapcount or p.head is not p:
+                        if p._flags != F_FREE or p.refcount or p.mapcount or p.head is not p:
                             raise bad(p.pfn, f"inside a free block but {p!r}")
                         if p is not head and p._order:
                             raise bad(p.pfn, "non-first frame of a free block carries an order")
                 else:
-                    if head.flags & PG_tail or head.refcount <= 0 or head.head is not head:
+                    if head._flags & F_TAIL or head.refcount <= 0 or head.head is not head:
                         raise bad(pfn, f"folio head in a bad state: {head!r}")
-                    if bool(head.flags & PG_head) != bool(order):
+                    if bool(head._flags & F_HEAD) != bool(order):
                         raise bad(pfn, f"PG_head {'missing' if order else 'set'} at order {order}")
                     for p in frames[1:]:
-                        if p.flags != PG_tail or p.refcount or p.head is not head or p._order:
+                        if p._flags != F_TAIL or p.refcount or p.head is not head or p._order:
                             raise bad(p.pfn, f"tail of the folio at pfn {pfn} but {p!r}")
                     for p in frames:
                         if p.owner != head.owner:
@@ -755,12 +818,14 @@ class Arena:
                 for p in frames:
                     if p.mapcount != mapped[p.pfn]:
                         raise bad(p.pfn, f"mapcount {p.mapcount}, live vmaps {mapped[p.pfn]}")
-                owners[head.owner.kind] += nr
+                owners[_SLOT[id(head.owner.kind)]] += nr
                 pfn += nr
             if free_blocks:
                 raise bad(min(free_blocks)[0], "on a free list but not marked free")
             if owners != self._owner_frames:
-                raise bad(0, f"owner counts {owners} differ from the kept {self._owner_frames}")
+                got = dict(zip(_KIND_VALUES, owners, strict=True))
+                kept = dict(zip(_KIND_VALUES, self._owner_frames, strict=True))
+                raise bad(0, f"owner counts {got} differ from the kept {kept}")
 
     # -- the end ---------------------------------------------------------------
 
@@ -780,7 +845,7 @@ class Arena:
             pfn = 0
             while pfn < self.nr_pages:
                 head = self._pages[pfn]
-                if head.flags & PG_free:
+                if head._flags & F_FREE:
                     pfn += 1 << head._order
                     continue
                 leaks.append(

@@ -46,6 +46,18 @@ PG_uptodate: Final = PageFlags.PG_uptodate
 PG_dirty: Final = PageFlags.PG_dirty
 PG_lru: Final = PageFlags.PG_lru
 
+# The same bits as plain ints.  ``Page`` keeps its flags as an int and the
+# shim tests them with these: an ``IntFlag`` operation costs a Python-level
+# call and a new enum object, and the page cache's read path makes several
+# per page.  ``Page.flags`` still gives a ``PageFlags``.
+F_FREE: Final[int] = PG_free.value
+F_HEAD: Final[int] = PG_head.value
+F_TAIL: Final[int] = PG_tail.value
+F_LOCKED: Final[int] = PG_locked.value
+F_UPTODATE: Final[int] = PG_uptodate.value
+F_DIRTY: Final[int] = PG_dirty.value
+F_LRU: Final[int] = PG_lru.value
+
 
 class OwnerKind(enum.Enum):
     """Who holds a frame, coarsely: what ``ArenaStats.frames_by_owner`` groups by."""
@@ -107,17 +119,26 @@ class Page:
     first frame of a free block).
     """
 
-    __slots__ = ("_arena", "_order", "flags", "head", "mapcount", "owner", "pfn", "refcount")
+    __slots__ = ("_arena", "_flags", "_order", "head", "mapcount", "owner", "pfn", "refcount")
 
     def __init__(self, arena: Arena, pfn: Pfn) -> None:
         self._arena = arena
         self.pfn: Final = pfn
         self.refcount = 0
         self.mapcount = 0
-        self.flags = PageFlags.PG_free
+        self._flags = F_FREE  # PageFlags bits as a plain int (see F_FREE)
         self._order = 0
         self.head: Page = self
         self.owner: Owner = Owner.FREE
+
+    @property
+    def flags(self) -> PageFlags:
+        """This frame's flags (the folio's lock, uptodate and dirty bits are on its head)."""
+        return PageFlags(self._flags)
+
+    @flags.setter
+    def flags(self, value: PageFlags) -> None:
+        self._flags = int(value)
 
     @property
     def arena(self) -> Arena:
@@ -136,27 +157,27 @@ class Page:
 
     @property
     def is_free(self) -> bool:
-        return bool(self.flags & PG_free)
+        return self._flags & F_FREE != 0
 
     @property
     def is_head(self) -> bool:
-        return bool(self.flags & PG_head)
+        return self._flags & F_HEAD != 0
 
     @property
     def is_tail(self) -> bool:
-        return bool(self.flags & PG_tail)
+        return self._flags & F_TAIL != 0
 
     @property
     def is_locked(self) -> bool:
-        return bool(self.head.flags & PG_locked)
+        return self.head._flags & F_LOCKED != 0
 
     @property
     def is_uptodate(self) -> bool:
-        return bool(self.head.flags & PG_uptodate)
+        return self.head._flags & F_UPTODATE != 0
 
     @property
     def is_dirty(self) -> bool:
-        return bool(self.head.flags & PG_dirty)
+        return self.head._flags & F_DIRTY != 0
 
     def lock(self) -> None:
         """Take the folio lock, waiting for another thread to drop it (``lock_page``)."""
@@ -176,17 +197,17 @@ class Page:
 
     def set_uptodate(self) -> None:
         """Mark the folio's contents valid (``SetPageUptodate``)."""
-        self._arena.set_page_flags(self, PG_uptodate)
+        self._arena._change_flags(self, F_UPTODATE, 0, "set_page_flags")
 
     def clear_uptodate(self) -> None:
-        self._arena.clear_page_flags(self, PG_uptodate)
+        self._arena._change_flags(self, 0, F_UPTODATE, "clear_page_flags")
 
     def set_dirty(self) -> None:
         """Mark the folio dirty: the page cache will not evict it (``set_page_dirty``)."""
-        self._arena.set_page_flags(self, PG_dirty)
+        self._arena._change_flags(self, F_DIRTY, 0, "set_page_flags")
 
     def clear_dirty(self) -> None:
-        self._arena.clear_page_flags(self, PG_dirty)
+        self._arena._change_flags(self, 0, F_DIRTY, "clear_page_flags")
 
     def __repr__(self) -> str:
         kind = "tail" if self.is_tail else "free" if self.is_free else "page"

@@ -18,10 +18,11 @@ from __future__ import annotations
 import collections
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Final
 
 from mmshim._arena import Arena
 from mmshim._errors import BadPageStateError, MappingLeakError, MmshimError
-from mmshim._page import Owner, Page, PG_dirty, PG_locked, PG_lru
+from mmshim._page import F_DIRTY, F_FREE, F_LOCKED, F_LRU, Owner, Page
 
 Key = tuple[Hashable, int]
 
@@ -42,6 +43,9 @@ class _Entry:
     head: Page
 
 
+_BUSY: Final = F_LOCKED | F_DIRTY
+
+
 class PageCache:
     """File pages of one or more files in an arena's frames, with LRU eviction."""
 
@@ -49,7 +53,10 @@ class PageCache:
         self.arena = arena
         self._lock = arena.lock
         self._pages: dict[Key, Page] = {}
+        # One entry per folio, keyed by its head's pfn, least recently used first.
         self._lru: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
+        # The same entries per file, so that invalidate() visits one file only.
+        self._files: dict[Hashable, dict[int, _Entry]] = {}
         self._hits = 0
         self._misses = 0
         self._evictions = 0
@@ -76,9 +83,20 @@ class PageCache:
             self._misses += 1
             return None
         self._hits += 1
-        self.arena.get_page(page)
-        self._lru.move_to_end(page.head.pfn)
+        head = page.head
+        if head._flags & F_FREE or head.refcount <= 0:
+            self.arena.get_page(page)  # raises, naming the page
+        head.refcount += 1  # get_page: the cache's own reference keeps the folio live
+        self._lru.move_to_end(head.pfn)
         return page
+
+    def _insert(self, mapping_id: Hashable, index: int, head: Page) -> None:
+        entry = _Entry(mapping_id, index, head)
+        self._lru[head.pfn] = entry
+        file = self._files.get(mapping_id)
+        if file is None:
+            file = self._files[mapping_id] = {}
+        file[head.pfn] = entry
 
     def find(self, mapping_id: Hashable, index: int) -> Page | None:
         """The cached page at ``index`` with a reference for the caller, or None.
@@ -117,10 +135,10 @@ class PageCache:
             if page is not None:
                 return page, False
             page = self.arena.alloc_pages(0, Owner.page_cache(mapping_id, index))
-            page.flags |= PG_locked | PG_lru
+            page._flags |= F_LOCKED | F_LRU
             self._pages[key] = page
-            self._lru[page.pfn] = _Entry(mapping_id, index, page)
-            self.arena.get_page(page)
+            self._insert(mapping_id, index, page)
+            page.refcount += 1  # the caller's; alloc_pages' is the cache's
             return page, True
 
     def add_folio(self, mapping_id: Hashable, index: int, head: Page) -> None:
@@ -137,7 +155,7 @@ class PageCache:
                 raise BadPageStateError(
                     f"add_folio(pfn {head.pfn}): a tail page, not a folio head", pfn=head.pfn
                 )
-            if head.flags & PG_lru:
+            if head._flags & F_LRU:
                 raise BadPageStateError(
                     f"add_folio(pfn {head.pfn}): already in a page cache", pfn=head.pfn
                 )
@@ -149,10 +167,10 @@ class PageCache:
                 )
             self.arena.get_page(head)
             self.arena.set_owner(head, Owner.page_cache(mapping_id, index))
-            head.flags |= PG_lru
+            head._flags |= F_LRU
             for i in range(nr):
                 self._pages[(mapping_id, index + i)] = self.arena.page(head.pfn + i)
-            self._lru[head.pfn] = _Entry(mapping_id, index, head)
+            self._insert(mapping_id, index, head)
 
     def release(self, page: Page) -> None:
         """Drop the caller's reference from ``find``/``find_or_create``."""
@@ -160,18 +178,29 @@ class PageCache:
 
     @staticmethod
     def _evictable(head: Page) -> bool:
-        if head.refcount != 1 or head.flags & (PG_locked | PG_dirty):
+        if head.refcount != 1 or head._flags & _BUSY:
             return False
+        if not head._order:
+            return not head.mapcount
         start = head.pfn
-        return not any(head.arena.page(pfn).mapcount for pfn in range(start, start + head.nr_pages))
+        frames = head._arena._pages[start : start + (1 << head._order)]
+        return not any(p.mapcount for p in frames)
 
     def _remove(self, entry: _Entry) -> int:
         head = entry.head
-        nr = head.nr_pages
-        for i in range(nr):
-            del self._pages[(entry.mapping_id, entry.index + i)]
+        nr = 1 << head._order
+        mapping_id, index = entry.mapping_id, entry.index
+        if nr == 1:
+            del self._pages[(mapping_id, index)]
+        else:
+            for i in range(nr):
+                del self._pages[(mapping_id, index + i)]
         del self._lru[head.pfn]
-        head.flags &= ~PG_lru
+        file = self._files[mapping_id]
+        del file[head.pfn]
+        if not file:
+            del self._files[mapping_id]
+        head._flags &= ~F_LRU
         self.arena.put_page(head)
         return nr
 
@@ -179,32 +208,40 @@ class PageCache:
         """Evict least recently used evictable folios until ``nr`` frames are freed.
 
         Returns the frames freed (possibly fewer, possibly more with large
-        folios).  This is the shrinker the arena calls.
+        folios).  This is the shrinker the arena calls.  It costs what it
+        looks at: the folios it evicts and the busy ones older than them.
         """
         with self._lock:
             freed = 0
-            folios = 0
-            for entry in list(self._lru.values()):
-                if freed >= nr:
-                    break
-                if self._evictable(entry.head):
-                    freed += self._remove(entry)
-                    folios += 1
-            self._evictions += folios
-            self.arena._note_evictions(folios)
+            victims: list[_Entry] = []
+            if nr > 0:
+                # Choose first, remove after: the LRU cannot change under the
+                # iteration, and nothing is copied.  Removing one folio does
+                # not change whether another is evictable.
+                for entry in self._lru.values():
+                    if self._evictable(entry.head):
+                        victims.append(entry)
+                        freed += 1 << entry.head._order
+                        if freed >= nr:
+                            break
+            for entry in victims:
+                self._remove(entry)
+            self._evictions += len(victims)
+            self.arena._note_evictions(len(victims))
             return freed
 
     def invalidate(self, mapping_id: Hashable) -> int:
         """Drop every evictable folio of one file; returns the pages still cached for it."""
         with self._lock:
             kept = 0
-            for entry in list(self._lru.values()):
-                if entry.mapping_id != mapping_id:
-                    continue
+            file = self._files.get(mapping_id)
+            if not file:
+                return 0
+            for entry in list(file.values()):
                 if self._evictable(entry.head):
                     self._remove(entry)
                 else:
-                    kept += entry.head.nr_pages
+                    kept += 1 << entry.head._order
             return kept
 
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from mmshim import (
@@ -10,8 +12,13 @@ from mmshim import (
     Arena,
     BadPageStateError,
     Page,
+    PageFlags,
+    PG_dirty,
+    PG_free,
     PG_head,
+    PG_locked,
     PG_tail,
+    PG_uptodate,
     TailPageError,
 )
 
@@ -143,3 +150,54 @@ def test_folio_view_wants_the_head(make_arena: MakeArena) -> None:
     arena.folio_view(f)[3 * PAGE_SIZE] = 1
     assert arena.page_view(arena.page(f.pfn + 3))[0] == 1
     arena.free_pages(f)
+
+
+def folio_state(p: Page) -> tuple[bool, bool, bool]:
+    return p.is_locked, p.is_uptodate, p.is_dirty
+
+
+def test_flags_read_as_pageflags_and_predicates_agree(make_arena: MakeArena) -> None:
+    arena = make_arena(16)
+    assert arena.page(0).flags == PG_free and type(arena.page(0).flags) is PageFlags
+    head = arena.alloc_pages(2)
+    tail = arena.page(head.pfn + 1)
+    assert head.flags == PG_head and tail.flags == PG_tail and isinstance(tail.flags, PageFlags)
+    head.lock()
+    tail.set_uptodate()  # on the folio: the head's flags
+    arena.set_page_flags(head, PG_dirty)
+    assert head.flags == PG_head | PG_locked | PG_uptodate | PG_dirty
+    assert folio_state(tail) == (True, True, True) and tail.flags == PG_tail
+    assert repr(head.flags) == repr(PG_head | PG_locked | PG_uptodate | PG_dirty)
+    with pytest.raises(ValueError, match="only PG_uptodate and PG_dirty"):
+        arena.set_page_flags(head, PG_locked)
+    with pytest.raises(ValueError, match="only PG_uptodate and PG_dirty"):
+        arena.clear_page_flags(head, PG_free)
+    arena.clear_page_flags(tail, PG_uptodate | PG_dirty)
+    head.unlock()
+    assert head.flags == PG_head and folio_state(tail) == (False, False, False)
+    assert arena.frames_free == arena.stats.frames_free == 12
+    arena.free_pages(head)
+    assert all(arena.page(head.pfn + i).flags == PG_free for i in range(4))
+
+
+def test_folio_lock_waits_for_the_holder(make_arena: MakeArena) -> None:
+    arena = make_arena(8)
+    page = arena.alloc_pages(0)
+    page.lock()
+    order: list[str] = []
+
+    def waiter() -> None:
+        page.lock()  # blocks until the main thread unlocks
+        order.append("waiter locked")
+        page.unlock()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    t.join(0.1)
+    assert t.is_alive() and not order
+    order.append("holder unlocks")
+    page.unlock()
+    t.join(5)
+    assert not t.is_alive() and order == ["holder unlocks", "waiter locked"]
+    page.wait_unlocked()
+    arena.free_pages(page)

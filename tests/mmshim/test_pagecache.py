@@ -163,3 +163,69 @@ def test_arena_close_drops_the_cache_first() -> None:
     for i in range(8):
         cache.release(read_in(cache, 1, i))
     arena.close()  # clean pages only the cache holds are not leaks
+
+
+def count_evictable(monkeypatch: pytest.MonkeyPatch) -> list[Page]:
+    """Record every folio head the cache asks ``_evictable`` about."""
+    looked: list[Page] = []
+    real = PageCache._evictable
+
+    def counting(head: Page) -> bool:
+        looked.append(head)
+        return real(head)
+
+    monkeypatch.setattr(PageCache, "_evictable", staticmethod(counting))
+    return looked
+
+
+def test_evict_looks_only_at_what_it_evicts(
+    make_arena: MakeArena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arena = make_arena(256)
+    cache = PageCache(arena)
+    busy = read_in(cache, 1, 0)  # the oldest folio stays held: looked at, skipped
+    for i in range(1, 200):
+        cache.release(read_in(cache, 1, i))
+    looked = count_evictable(monkeypatch)
+    assert cache.evict(3) == 3
+    assert [p.pfn for p in looked] == [0, 1, 2, 3] and len(cache) == 197
+    assert not any(cached(cache, 1, i) for i in (1, 2, 3))
+    looked.clear()
+    assert cache.evict(0) == 0 and not looked
+    monkeypatch.undo()
+    cache.release(busy)
+    cache.close()
+
+
+def test_invalidate_looks_only_at_that_file(
+    make_arena: MakeArena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arena = make_arena(64)
+    cache = PageCache(arena)
+    for i in range(40):
+        cache.release(read_in(cache, "big", i))
+    for i in range(3):
+        cache.release(read_in(cache, "small", i))
+    looked = count_evictable(monkeypatch)
+    assert cache.invalidate("small") == 0 and len(looked) == 3 and len(cache) == 40
+    assert cache.invalidate("nothing") == 0 and len(looked) == 3
+    monkeypatch.undo()
+    folio = arena.alloc_pages(2)
+    cache.add_folio("small", 0, folio)  # a file emptied by invalidate can come back
+    assert cache.invalidate("small") == 4  # the caller still holds the folio
+    arena.free_pages(folio)
+    assert cache.invalidate("small") == 0 and folio.is_free
+    cache.close()
+
+
+def test_lru_order_after_hits_decides_eviction(make_arena: MakeArena) -> None:
+    arena = make_arena(4)
+    cache = PageCache(arena)
+    for i in range(4):
+        cache.release(read_in(cache, 1, i))
+    for i in (0, 2):  # touched: 1 and 3 are now the oldest
+        assert cached(cache, 1, i)
+    cache.release(read_in(cache, 1, 4))
+    cache.release(read_in(cache, 1, 5))
+    assert [i for i in range(6) if cached(cache, 1, i)] == [0, 2, 4, 5]
+    cache.close()
