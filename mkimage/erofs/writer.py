@@ -633,31 +633,42 @@ class ErofsWriter:
         lowest block), so inline tails do not leave most of a block empty;
         larger ones start at the end of the area."""
         bs, slots_per_block = self.bs, self.bs // EROFS_SLOTSIZE
-        # free slots -> heap of blocks with exactly that many free slots at their end
+        # free slots -> heap of blocks with exactly that many free slots at their end;
+        # bit k of ``nonempty`` says room[k] has blocks
         room: list[list[int]] = [[] for _ in range(slots_per_block + 1)]
+        nonempty = 0
+
+        def offer(free: int, blk: int) -> None:
+            nonlocal nonempty
+            heapq.heappush(room[free], blk)
+            nonempty |= 1 << free
+
         end = round_up(shared_size, EROFS_SLOTSIZE)
         end_block = -(-end // bs)
         if end % bs:
-            heapq.heappush(room[(bs - end % bs) // EROFS_SLOTSIZE], end // bs)
+            offer((bs - end % bs) // EROFS_SLOTSIZE, end // bs)
         for ino in self.inodes:
             total = inodemod.trailer_offset(ino) + self._trailer_size(ino)
             need = -(-total // EROFS_SLOTSIZE)
             if need <= slots_per_block:
-                k = next((k for k in range(need, slots_per_block + 1) if room[k]), None)
-                if k is None:
+                fitting = nonempty >> need
+                if fitting:
+                    k = need + (fitting & -fitting).bit_length() - 1
+                    blk = heapq.heappop(room[k])
+                    if not room[k]:
+                        nonempty &= ~(1 << k)
+                else:
                     blk, k = end_block, slots_per_block
                     end_block += 1
-                else:
-                    blk = heapq.heappop(room[k])
                 pos = blk * bs + (slots_per_block - k) * EROFS_SLOTSIZE
                 if k > need:
-                    heapq.heappush(room[k - need], blk)
+                    offer(k - need, blk)
             else:
                 pos = self._slot(ino, end_block * bs, total)
                 stop = pos + need * EROFS_SLOTSIZE
                 end_block = -(-stop // bs)
                 if stop % bs:
-                    heapq.heappush(room[(bs - stop % bs) // EROFS_SLOTSIZE], stop // bs)
+                    offer((bs - stop % bs) // EROFS_SLOTSIZE, stop // bs)
             ino.nid = pos // EROFS_SLOTSIZE
         return end_block
 
