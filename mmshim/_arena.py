@@ -378,6 +378,9 @@ class Arena:
 
     def _put(self, head: Page) -> bool:
         """Drop one reference on a head page; free the folio at zero.  True if freed."""
+        if head.refcount > 1:
+            head.refcount -= 1
+            return False
         if head.refcount == 1:
             self._check_free(head)
             head.refcount = 0
@@ -459,12 +462,20 @@ class Arena:
     def get_page(self, page: Page) -> None:
         """Take a reference; on a tail page it is a reference on its folio's head."""
         with self._lock:
-            self._live_head(page, "get_page").refcount += 1
+            head = page.head
+            if page._arena is not self or head._flags & F_FREE or head.refcount <= 0:
+                self._live_head(page, "get_page")  # raises
+            head.refcount += 1
 
     def put_page(self, page: Page) -> None:
         """Drop a reference (a tail page's goes to its head); free the folio at zero."""
         with self._lock:
-            if self._put(self._live_head(page, "put_page")) and self._observers:
+            head = page.head
+            if page._arena is not self or head._flags & F_FREE or head.refcount <= 0:
+                self._live_head(page, "put_page")  # raises
+            if head.refcount > 1:  # the common case, inline
+                head.refcount -= 1
+            elif self._put(head) and self._observers:
                 self._notify()
 
     def set_owner(self, page: Page, owner: Owner) -> None:
@@ -541,8 +552,11 @@ class Arena:
     def page_view(self, page: Page) -> memoryview:
         """A writable view of one frame (``page_address``/``kmap_local``)."""
         with self._lock:
-            self._check_open()
-            self._live_head(page, "page_view")
+            if self._closed:
+                self._check_open()  # raises
+            head = page.head
+            if page._arena is not self or head._flags & F_FREE or head.refcount <= 0:
+                self._live_head(page, "page_view")  # raises
             start = page.pfn * PAGE_SIZE
             return self._buf[start : start + PAGE_SIZE]
 

@@ -36,27 +36,30 @@ class BuddyAllocator:
             pfn += 1 << order
 
     def _insert(self, pfn: int, order: int) -> None:
-        self._free[order].add(pfn)
-        heapq.heappush(self._heaps[order], pfn)
-
-    def _pop_lowest(self, order: int) -> int:
-        heap, free = self._heaps[order], self._free[order]
-        while True:
-            pfn = heapq.heappop(heap)
-            if pfn in free:
-                free.remove(pfn)
-                return pfn
+        free, heap = self._free[order], self._heaps[order]
+        free.add(pfn)
+        heapq.heappush(heap, pfn)
+        if len(heap) > 2 * len(free) + 64:
+            # Stale entries (blocks merged away) leave a heap only from its
+            # top; drop them all before they pile up (a sorted list is a heap).
+            heap[:] = sorted(free)
 
     def alloc(self, order: int) -> int | None:
         """Take a block of ``2**order`` frames; its first pfn, or None if none is free."""
         if not 0 <= order <= self.max_order:
             return None
-        for have in range(order, self.max_order + 1):
-            if self._free[have]:
+        free_lists = self._free
+        have = order
+        while not free_lists[have]:
+            have += 1
+            if have > self.max_order:
+                return None
+        free, heap = free_lists[have], self._heaps[have]
+        while True:  # the lowest block still free; stale heap entries are skipped
+            pfn = heapq.heappop(heap)
+            if pfn in free:
+                free.remove(pfn)
                 break
-        else:
-            return None
-        pfn = self._pop_lowest(have)
         while have > order:  # split, giving the upper halves back
             have -= 1
             self._insert(pfn + (1 << have), have)
@@ -74,13 +77,16 @@ class BuddyAllocator:
             raise ValueError(f"block pfn {pfn} order {order} is not an aligned block of the arena")
         self.nr_free += 1 << order
         absorbed = []
+        free_lists = self._free
         while order < self.max_order:
             buddy = pfn ^ (1 << order)
-            if buddy not in self._free[order]:
+            free = free_lists[order]
+            if buddy not in free:
                 break
-            self._free[order].remove(buddy)  # its heap entry goes stale
+            free.remove(buddy)  # its heap entry goes stale
             absorbed.append((buddy, order))
-            pfn = min(pfn, buddy)
+            if buddy < pfn:
+                pfn = buddy
             order += 1
         self._insert(pfn, order)
         return pfn, order, absorbed

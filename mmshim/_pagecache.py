@@ -16,7 +16,7 @@ lock is the only order that cannot deadlock.
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -130,16 +130,61 @@ class PageCache:
         """
         with self._lock:
             self._check_open()
-            key = (mapping_id, index)
-            page = self._lookup(key)
-            if page is not None:
-                return page, False
-            page = self.arena.alloc_pages(0, Owner.page_cache(mapping_id, index))
-            page._flags |= F_LOCKED | F_LRU
-            self._pages[key] = page
-            self._insert(mapping_id, index, page)
-            page.refcount += 1  # the caller's; alloc_pages' is the cache's
-            return page, True
+            return self._get_or_create(mapping_id, index)
+
+    def _get_or_create(self, mapping_id: Hashable, index: int) -> tuple[Page, bool]:
+        key = (mapping_id, index)
+        page = self._lookup(key)
+        if page is not None:
+            return page, False
+        page = self.arena.alloc_pages(0, Owner.page_cache(mapping_id, index))
+        page._flags |= F_LOCKED | F_LRU
+        self._pages[key] = page
+        self._insert(mapping_id, index, page)
+        page.refcount += 1  # the caller's; alloc_pages' is the cache's
+        return page, True
+
+    # -- batches: one lock and one call for a run of pages ----------------------
+
+    def find_range(self, mapping_id: Hashable, start: int, nr: int) -> list[Page | None]:
+        """:meth:`find` of ``start .. start + nr - 1``: a page with a reference, or None, each."""
+        with self._lock:
+            self._check_open()
+            lookup = self._lookup
+            return [lookup((mapping_id, i)) for i in range(start, start + nr)]
+
+    def get_or_create_range(
+        self, mapping_id: Hashable, start: int, nr: int
+    ) -> list[tuple[Page, bool]]:
+        """:meth:`get_or_create` of ``start .. start + nr - 1``, in order.
+
+        The caller gets a reference on each page and the lock of each page it
+        created, as with single calls.  If an allocation fails part way
+        (:class:`~mmshim.AllocError`), the pages this call created are taken
+        out of the cache again, the references it took are dropped, and the
+        error is raised: the cache is as it was, bar LRU order and counters.
+        """
+        with self._lock:
+            self._check_open()
+            got: list[tuple[Page, bool]] = []
+            try:
+                for i in range(start, start + nr):
+                    got.append(self._get_or_create(mapping_id, i))
+            except BaseException:
+                for page, created in reversed(got):
+                    page.head.refcount -= 1  # the caller's: the cache's own stays
+                    if created:
+                        page._flags &= ~F_LOCKED
+                        self._remove(self._lru[page.pfn])
+                raise
+            return got
+
+    def release_pages(self, pages: Iterable[Page]) -> None:
+        """:meth:`release` of each page (the kernel's ``release_pages``)."""
+        put = self.arena.put_page
+        with self._lock:
+            for page in pages:
+                put(page)
 
     def add_folio(self, mapping_id: Hashable, index: int, head: Page) -> None:
         """Insert a folio covering ``index .. index + 2**order - 1`` (the cache takes a reference).

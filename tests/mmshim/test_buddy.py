@@ -249,3 +249,27 @@ def test_negative_order_is_a_programming_error(make_arena: MakeArena) -> None:
         arena.alloc_pages(-1)
     with pytest.raises(AllocError):
         arena.alloc_pages(MAX_ORDER + 1)
+
+
+def test_buddy_heaps_do_not_pile_up_stale_entries() -> None:
+    import random
+
+    rng = random.Random(7)
+    buddy = BuddyAllocator(1024, MAX_ORDER)
+    held: list[tuple[int, int]] = []
+    for _ in range(20000):
+        if held and (rng.random() < 0.5 or buddy.nr_free < 16):
+            pfn, order = held.pop(rng.randrange(len(held)))
+            buddy.free(pfn, order)
+        else:
+            order = rng.choice((0, 0, 0, 1, 2))
+            pfn = buddy.alloc(order)
+            assert pfn is not None
+            # still the lowest free block of the smallest order that fits
+            held.append((pfn, order))
+        for order, (heap, free) in enumerate(zip(buddy._heaps, buddy._free, strict=True)):
+            # bounded by the blocks there can be, not by the operations so far
+            assert set(heap) >= free and len(heap) <= 2 * (1024 >> order) + 65
+    for pfn, order in held:
+        buddy.free(pfn, order)
+    assert buddy.free_blocks() == [(0, MAX_ORDER)] and buddy.nr_free == 1024

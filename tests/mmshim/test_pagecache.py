@@ -229,3 +229,48 @@ def test_lru_order_after_hits_decides_eviction(make_arena: MakeArena) -> None:
     cache.release(read_in(cache, 1, 5))
     assert [i for i in range(6) if cached(cache, 1, i)] == [0, 2, 4, 5]
     cache.close()
+
+
+def test_ranges_are_single_calls_in_a_row(make_arena: MakeArena) -> None:
+    arena = make_arena(16)
+    cache = PageCache(arena)
+    cache.release(read_in(cache, "f", 1))
+    folio = arena.alloc_pages(1)
+    cache.add_folio("f", 4, folio)
+    arena.free_pages(folio)
+    got = cache.get_or_create_range("f", 0, 6)
+    assert [created for _, created in got] == [True, False, True, True, False, False]
+    assert got[5][0].is_tail and folio.refcount == 3  # the cache's, and one per index
+    for page, created in got:
+        if created:
+            assert page.is_locked and page.refcount == 2 and not page.is_uptodate
+            page.set_uptodate()
+            page.unlock()
+    cache.release_pages(p for p, _ in got)
+    assert folio.refcount == 1 and all(p.head.refcount == 1 for p, _ in got)
+    found = cache.find_range("f", 3, 4)
+    assert [p is not None for p in found] == [True, True, True, False]
+    assert found[0] is got[3][0] and found[2] is got[5][0]
+    cache.release_pages(p for p in found if p is not None)
+    assert cache.counters.hits == 3 + 3 and cache.counters.misses == 1 + 3 + 1
+    assert len(cache) == 6
+    cache.close()
+
+
+def test_range_that_runs_out_of_memory_undoes_itself(make_arena: MakeArena) -> None:
+    arena = make_arena(4)
+    cache = PageCache(arena)
+    cache.release(read_in(cache, "f", 1))
+    held = arena.alloc_pages(1)  # two frames the cache cannot have
+    before = arena.stats
+    with pytest.raises(AllocError):
+        cache.get_or_create_range("f", 0, 4)  # 0 takes the last frame, 2 finds none
+    after = arena.stats
+    assert after.frames_free == before.frames_free == 1
+    assert after.frames_by_owner == before.frames_by_owner
+    assert len(cache) == 1 and cache.find_range("f", 0, 3)[::2] == [None, None]
+    page = cache.find("f", 1)
+    assert page is not None and page.refcount == 3 and page.is_uptodate and not page.is_locked
+    cache.release_pages([page, page])
+    arena.free_pages(held)
+    cache.close()
