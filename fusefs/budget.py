@@ -163,6 +163,8 @@ class BudgetResult:
     exec_frames: int | None = None  # exec workload: frames the mapped programs held
     exec_text_frames: int | None = None  # ... of which read-only segments (XIP text: 0)
     min_arena_bytes: int | None = None
+    fits_from_bytes: int | None = None
+    fails_above_min: list[int] = field(default_factory=list)
     probes: int = 0
     samples: list[Sample] = field(default_factory=list)
 
@@ -195,6 +197,8 @@ class BudgetResult:
         }
         if find_min:
             out["min_arena_bytes"] = self.min_arena_bytes
+            out["fits_from_bytes"] = self.fits_from_bytes
+            out["fails_above_min"] = self.fails_above_min
             out["find_min_probes"] = self.probes
         return out
 
@@ -478,6 +482,48 @@ def find_min_arena(
     return hi * PAGE_SIZE, probes
 
 
+STABLE_WINDOW: Final = 8
+STABLE_FACTORS: Final = (1.25, 1.5, 2.0, 3.0)
+STABLE_MAX_PROBES: Final = 64
+
+
+def find_fits_from(
+    probe: Callable[[int], bool], min_bytes: int, max_bytes: int
+) -> tuple[int | None, list[int], int]:
+    """Check the sizes above a minimum :func:`find_min_arena` found.
+
+    Strategies that need high-order blocks (bounce buffers, folios) fit or
+    not depending on how the arena fragments, so success is not monotonic in
+    the arena's size: a few pages more can fail again.  From ``min_bytes`` up,
+    the next :data:`STABLE_WINDOW` pages and the sizes x1.25, x1.5, x2, x3 are
+    replayed; a failure at ``f`` moves the candidate to ``f`` + 1 page and the
+    checks start again.  Returns the candidate all checks passed (None if the
+    probe budget ran out), the failing sizes met, and the number of probes.
+    This is a sampled check, not a proof: sizes not probed may still fail
+    (a full scan would replay the workload once per page of the range).
+    """
+    probes = 0
+    fails: list[int] = []
+    top = max_bytes // PAGE_SIZE
+    cand = min_bytes // PAGE_SIZE
+    while probes < STABLE_MAX_PROBES:
+        checks = sorted(
+            {cand + i for i in range(1, STABLE_WINDOW + 1)}
+            | {-(-int(cand * f * PAGE_SIZE) // PAGE_SIZE) for f in STABLE_FACTORS}
+        )
+        for pages in (c for c in checks if c < top):
+            probes += 1
+            if not probe(pages * PAGE_SIZE):
+                fails.append(pages * PAGE_SIZE)
+                cand = pages + 1
+                break
+            if probes >= STABLE_MAX_PROBES:
+                return None, fails, probes
+        else:
+            return cand * PAGE_SIZE, fails, probes
+    return None, fails, probes
+
+
 def _probe(
     image: str | os.PathLike[str], workload: Workload, combo: Combination, offset: int
 ) -> Callable[[int], bool]:
@@ -524,9 +570,14 @@ def budget(
     for combo in default_combinations(fmt, mms, strategies, xip_read):
         res = replay(image, work, combo, arena_bytes, offset=offset, record=record)
         if find_min:
-            res.min_arena_bytes, res.probes = find_min_arena(
-                _probe(image, work, combo, offset), arena_bytes, max_ok=res.ok
-            )
+            probe = _probe(image, work, combo, offset)
+            res.min_arena_bytes, res.probes = find_min_arena(probe, arena_bytes, max_ok=res.ok)
+            if res.min_arena_bytes is not None:
+                fits_from, res.fails_above_min, more = find_fits_from(
+                    probe, res.min_arena_bytes, arena_bytes
+                )
+                res.fits_from_bytes = fits_from
+                res.probes += more
         results.append(res)
         if progress is not None:
             progress(res)
@@ -552,8 +603,36 @@ def iter_rows(report: BudgetReport) -> Iterator[dict[str, str]]:
         if report.workload.kind == "exec":
             row["exec frames"] = "-" if r.exec_frames is None else str(r.exec_frames)
         if report.find_min:
-            row["min arena"] = "none" if r.min_arena_bytes is None else _kib(r.min_arena_bytes)
+            row["min arena"] = _min_text(r)
         yield row
+
+
+def _min_text(r: BudgetResult) -> str:
+    if r.min_arena_bytes is None:
+        return "none"
+    if not r.fails_above_min:
+        return _kib(r.min_arena_bytes)
+    fits = "?" if r.fits_from_bytes is None else _kib(r.fits_from_bytes)
+    return f"{_kib(r.min_arena_bytes)}/{fits}*"
+
+
+def footnotes(report: BudgetReport) -> Iterator[str]:
+    """One line per combination whose fit is not monotonic in the arena size."""
+    for r in report.results:
+        if r.fails_above_min:
+            what = f"{r.mm}" + (f"+{r.decompress}" if r.decompress else "")
+            fails = ", ".join(_kib(n) for n in r.fails_above_min[:4])
+            more = ", ..." if len(r.fails_above_min) > 4 else ""
+            fits = "no sampled size" if r.fits_from_bytes is None else _kib(r.fits_from_bytes)
+            why = (
+                f" (its order-{r.largest_alloc_order} blocks depend on fragmentation)"
+                if r.largest_alloc_order > 0
+                else ""
+            )
+            yield (
+                f"* {what}: fits in {_kib(r.min_arena_bytes or 0)} but not in "
+                f"{fails}{more}{why}; every sampled size from {fits} up fits"
+            )
 
 
 def _kib(n: int) -> str:

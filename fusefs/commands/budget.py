@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Final
 
-from fusefs.budget import BudgetReport, BudgetResult, budget, iter_rows
+from fusefs.budget import BudgetReport, BudgetResult, budget, footnotes, iter_rows
 from fusefs.commands._common import parse_size
 from fusefs.vfs import DEFAULT_ARENA_BYTES, MM_MODES, PAGE_SIZE, STRATEGIES
 
@@ -109,6 +109,7 @@ def format_table(report: BudgetReport) -> str:
         "  ".join(h.ljust(widths[h]) for h in heads).rstrip(),
     ]
     lines += ["  ".join(r[h].ljust(widths[h]) for h in heads).rstrip() for r in rows]
+    lines += footnotes(report)
     for res in report.results:
         if res.failure is not None:
             what = f"{res.mm}" + (f"+{res.decompress}" if res.decompress else "")

@@ -76,7 +76,7 @@ def test_json_schema(erofs16: Path) -> None:
         ("nommu-contig", "vmap"),
     ]
     for x in results:
-        assert RESULT_KEYS | {"min_arena_bytes"} <= set(x)
+        assert RESULT_KEYS | {"min_arena_bytes", "fits_from_bytes", "fails_above_min"} <= set(x)
         assert isinstance(x["ok"], bool)
         assert (x["failure"] is None) == x["ok"]
         for key in RESULT_KEYS - {"mm", "decompress", "ok", "failure"}:
@@ -84,6 +84,8 @@ def test_json_schema(erofs16: Path) -> None:
     mmu, contig = results
     assert mmu["ok"] and mmu["bounce_bytes"] == 0 and mmu["copy_bytes"] == 0
     assert 0 < mmu["min_arena_bytes"] <= 1 << 20 and mmu["min_arena_bytes"] % 4096 == 0
+    assert mmu["fits_from_bytes"] >= mmu["min_arena_bytes"]
+    assert all(f > mmu["min_arena_bytes"] for f in mmu["fails_above_min"])
     assert not contig["ok"] and "scattered" in contig["failure"]
     assert contig["min_arena_bytes"] is None
 

@@ -13,6 +13,7 @@ from fusefs.budget import (
     Workload,
     arena_of,
     budget,
+    find_fits_from,
     find_min_arena,
     load_workload,
     replay,
@@ -149,6 +150,23 @@ def test_find_min_bisection() -> None:
     assert find_min_arena(lambda size: True, 256 * PAGE_SIZE) == (PAGE_SIZE, 2)
     # the whole arena is the minimum
     assert find_min_arena(probe, 37 * PAGE_SIZE)[0] == 37 * PAGE_SIZE
+
+
+def test_fits_from_finds_failures_above_the_minimum() -> None:
+    """A fit that is not monotonic: fits at 37 pages, not at 39 and 44."""
+    holes = {39, 44}
+
+    def probe(size: int) -> bool:
+        pages = size // PAGE_SIZE
+        return pages >= 37 and pages not in holes
+
+    found, _ = find_min_arena(probe, 256 * PAGE_SIZE)
+    assert found == 37 * PAGE_SIZE
+    fits, fails, probes = find_fits_from(probe, found, 256 * PAGE_SIZE)
+    assert fails == [39 * PAGE_SIZE, 44 * PAGE_SIZE]
+    assert fits == 45 * PAGE_SIZE and probes > 8
+    monotonic = find_fits_from(lambda size: size >= found, found, 256 * PAGE_SIZE)
+    assert monotonic[:2] == (found, [])
 
 
 def test_budget_report_find_min(erofs16: Path) -> None:
