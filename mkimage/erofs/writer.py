@@ -22,13 +22,12 @@ import hashlib
 import heapq
 import os
 import stat
-import threading
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final
+from typing import BinaryIO
 
 from fusefs.erofs.format import (
     COMPR_CFG_HEADER,
@@ -44,20 +43,13 @@ from fusefs.erofs.format import (
     EROFS_NULL_ADDR,
     EROFS_SLOTSIZE,
     EROFS_SUPER_OFFSET,
-    Z_EROFS_ADVISE_BIG_PCLUSTER_1,
-    Z_EROFS_ADVISE_BIG_PCLUSTER_2,
-    Z_EROFS_ADVISE_COMPACTED_2B,
-    Z_EROFS_ADVISE_FRAGMENT_PCLUSTER,
-    Z_EROFS_ADVISE_INLINE_PCLUSTER,
     Z_EROFS_COMPRESSION_DEFLATE,
     Z_EROFS_COMPRESSION_LZ4,
     Z_EROFS_COMPRESSION_ZSTD,
-    Z_EROFS_FRAGMENT_INODE_BIT,
     Z_EROFS_PCLUSTER_MAX_SIZE,
     DataLayout,
     DeflateCfgs,
     Lz4Cfgs,
-    MapHeader,
     SuperBlock,
     ZstdCfgs,
     ftype_from_mode,
@@ -65,55 +57,21 @@ from fusefs.erofs.format import (
     sb_checksum_length,
     superblock_checksum,
 )
-from fusefs.errors import BuildError, UnsupportedFeatureError
+from fusefs.errors import BuildError
 from mkimage.erofs import dir as dirmod
 from mkimage.erofs import inode as inodemod
-from mkimage.erofs.compress import SEGMENT_BYTES, Codec, DestSize, Extent, cut_extents
+from mkimage.erofs.data import Cutter, FileResult, flat, prepare_file
 from mkimage.erofs.inode import Inode
+from mkimage.erofs.options import EXTENDED_OPTIONS, ErofsOptions
 from mkimage.erofs.xattr import XattrTable
 from mkimage.erofs.zmap import (
-    PlacedExtent,
-    compact_index_bytes,
-    compact_ok,
     full_index_bytes,
     lcluster_entries,
     rebase,
 )
 from mkimage.tree import BytesData, LinkKey, Node, Tree, show
 
-EXTENDED_OPTIONS: Final = (
-    "ztailpacking",
-    "fragments",
-    "dedupe",
-    "noinline_data",
-    "legacy-compress",
-    "force-inode-compact",
-    "force-inode-extended",
-    "nosbcrc",
-)
-# Accepted by name but not implemented: refused with UnsupportedFeatureError.
-UNIMPLEMENTED_OPTIONS: Final[tuple[str, ...]] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ErofsOptions:
-    """Everything ``nommufs mkimage erofs`` was asked for, validated."""
-
-    codec: Codec | None = None
-    pcluster_size: int = 4096
-    block_size: int = 4096
-    extended: frozenset[str] = frozenset()
-    build_time: int = 0  # seconds; the superblock epoch
-    fixed_time: bool = False  # -T / SOURCE_DATE_EPOCH given: reproducible
-    all_mtimes: int | None = None  # -T without --mkfs-time: every inode's mtime
-    uuid: bytes | None = None
-    label: bytes = b""
-    workers: int = 0  # 0: one per CPU
-    progress: Callable[[int, int], None] | None = None
-
-    @property
-    def blkszbits(self) -> int:
-        return self.block_size.bit_length() - 1
+__all__ = ["EXTENDED_OPTIONS", "BuildReport", "ErofsOptions", "ErofsWriter", "build_erofs"]
 
 
 @dataclass(slots=True)
@@ -126,198 +84,6 @@ class BuildReport:
     compressed_files: int = 0
     chunked_files: int = 0
     features: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _FileResult:
-    """A regular file prepared by a worker: its layout and the bytes for the data area."""
-
-    layout: DataLayout
-    payload: bytes  # whole blocks for the data region
-    inline: bytes = b""
-    chunks: list[int | None] = field(default_factory=list)
-    # -E dedupe: each extent (addresses relative to 0), its pcluster bytes
-    # (empty for an inline tail) and a digest of the data it decodes to
-    placed: list[PlacedExtent] = field(default_factory=list)
-    pieces: list[bytes] = field(default_factory=list)
-    digests: list[bytes] = field(default_factory=list)
-    fragment: bytes = b""  # -E fragments: the tail that goes to the packed inode
-
-
-class _Cutter:
-    """Cuts file data into extents with one compressor per thread; data
-    longer than a segment is cut segment by segment, on ``pool`` when given
-    (the boundaries are fixed, so the result does not depend on threads)."""
-
-    def __init__(self, opts: ErofsOptions, pool: ThreadPoolExecutor | None) -> None:
-        self.opts = opts
-        self.pool = pool
-        self.local: dict[int, DestSize] = {}
-
-    def _destsize(self) -> DestSize:
-        assert self.opts.codec is not None
-        key = threading.get_ident()
-        ds = self.local.get(key)
-        if ds is None:
-            ds = self.local[key] = self.opts.codec.destsize(self.opts.pcluster_size)
-        return ds
-
-    def __call__(self, buf: bytearray, zero_padding: bool, inline_max: int) -> list[Extent]:
-        size = len(buf)
-        opts = self.opts
-
-        def cut(a: int, b: int) -> list[Extent]:
-            return cut_extents(
-                buf, self._destsize(), opts.pcluster_size, opts.block_size,
-                zero_padding=zero_padding, inline_max=inline_max if b == size else 0,
-                start=a, end=b,
-            )  # fmt: skip
-
-        segments = [(a, min(size, a + SEGMENT_BYTES)) for a in range(0, size, SEGMENT_BYTES)]
-        if self.pool is None or len(segments) == 1:
-            return [e for a, b in segments for e in cut(a, b)]
-        futures = [self.pool.submit(cut, a, b) for a, b in segments]
-        return [e for f in futures for e in f.result()]
-
-
-def _prepare_file(
-    node: Node, ino: Inode, opts: ErofsOptions, cutter: _Cutter | None
-) -> _FileResult:
-    data = node.read_data()
-    bs = opts.block_size
-    size = len(data)
-    codec = opts.codec
-    frag = "fragments" in opts.extended
-    ztail = "ztailpacking" in opts.extended and not frag
-    if codec is not None and cutter is not None and (size > bs or ((ztail or frag) and size > 0)):
-        buf = bytearray(data)
-        zero_padding = not ("legacy-compress" in opts.extended and codec.algorithm == 0)
-        inline_max = bs - EROFS_SLOTSIZE if ztail else 0
-        extents = cutter(buf, zero_padding, inline_max)
-        if frag:
-            return _fragmented(ino, buf, extents, opts, codec.algorithm)
-        tail = b""
-        if ztail and len(extents[-1].inline_bytes) <= inline_max:
-            tail = extents[-1].inline_bytes
-        blocks = [len(e.payload) // bs for e in extents]
-        if tail:
-            blocks[-1] = 0
-        stored = sum(blocks) * bs + len(tail)
-        flat = size if size % bs and ino.base_size + size % bs <= bs else round_up(size, bs)
-        if any(e.compressed for e in extents) and stored < flat:
-            placed = []
-            blk = 0
-            for e, n in zip(extents, blocks, strict=True):
-                # an inline tail pcluster counts one block for CBLKCNT, none on disk
-                placed.append(PlacedExtent(e.la, e.llen, blk, n or 1, e.compressed))
-                blk += n
-            _plan_compressed(ino, placed, opts, codec.algorithm, tail)
-            pieces = [e.payload if n else b"" for e, n in zip(extents, blocks, strict=True)]
-            res = _FileResult(ino.layout, b"".join(pieces), inline=tail)
-            if "dedupe" in opts.extended:
-                res.placed, res.pieces = placed, pieces
-                res.digests = [hashlib.sha256(buf[e.la : e.la + e.llen]).digest() for e in extents]
-            return res
-    if codec is None and size >= bs:
-        zero = bytes(bs)
-        nblk = -(-size // bs)
-        holes = [data[i * bs : (i + 1) * bs].rstrip(b"\0") == b"" for i in range(nblk)]
-        if any(holes) and sum(holes) * bs > 4 * nblk:
-            chunks: list[int | None] = []
-            parts: list[bytes] = []
-            for i, hole in enumerate(holes):
-                if hole:
-                    chunks.append(None)
-                else:
-                    chunks.append(len(parts))
-                    piece = data[i * bs : (i + 1) * bs]
-                    parts.append(piece + zero[: bs - len(piece)])
-            return _FileResult(DataLayout.EROFS_INODE_CHUNK_BASED, b"".join(parts), chunks=chunks)
-    return _flat(data, ino, opts, regular=True)
-
-
-def _fragmented(
-    ino: Inode, buf: bytearray, extents: list[Extent], opts: ErofsOptions, alg: int
-) -> _FileResult:
-    """-E fragments: the last extent's data goes to the packed inode (the
-    whole file when it is one extent); the others stay pclusters."""
-    bs = opts.block_size
-    last = extents[-1]
-    placed = []
-    blk = 0
-    for e in extents[:-1]:
-        placed.append(PlacedExtent(e.la, e.llen, blk, len(e.payload) // bs, e.compressed))
-        blk += len(e.payload) // bs
-    placed.append(PlacedExtent(last.la, ino.size - last.la, 0, 1, True, fragment=True))
-    pieces = [e.payload for e in extents[:-1]] + [b""]
-    if len(extents) == 1:
-        # erofs: a whole-file fragment is a bare 8-byte header with bit 63 set
-        ino.layout = DataLayout.EROFS_INODE_COMPRESSED_FULL
-        ino.map_header = MapHeader.with_fragmentoff(0, 0, 0, 1 << Z_EROFS_FRAGMENT_INODE_BIT)
-        ino.trailer = (1 << 63).to_bytes(8, "little")
-        ino.whole_fragment = True
-    else:
-        _plan_compressed(ino, placed, opts, alg, b"", fragment=True)
-    res = _FileResult(ino.layout, b"".join(pieces), fragment=bytes(buf[last.la :]))
-    if "dedupe" in opts.extended and not ino.whole_fragment:
-        res.placed, res.pieces = placed, pieces
-        res.digests = [hashlib.sha256(buf[e.la : e.la + e.llen]).digest() for e in extents]
-    return res
-
-
-def _plan_compressed(
-    ino: Inode,
-    placed: list[PlacedExtent],
-    opts: ErofsOptions,
-    alg: int,
-    tail: bytes,
-    *,
-    fragment: bool = False,
-) -> None:
-    """Layout, map header, lcluster indexes and their bytes (addresses
-    relative to the file's first block) of a compressed inode; ``tail`` is
-    the last pcluster when it is stored inline (ztailpacking)."""
-    ino.physical_blocks = sum(e.blocks for e in placed) - (1 if tail or fragment else 0)
-    ino.inline = tail
-    ino.big = opts.pcluster_size > opts.block_size
-    ino.lclusters = lcluster_entries(placed, ino.size, opts.blkszbits, ino.big)
-    ino.two_b = opts.blkszbits <= 12
-    # dedupe points extents at earlier pclusters: not back to back, so full indexes
-    ino.compact = not {"legacy-compress", "dedupe"} & opts.extended and compact_ok(
-        opts.blkszbits, ino.two_b
-    )
-    ino.layout = (
-        DataLayout.EROFS_INODE_COMPRESSED_COMPACT
-        if ino.compact
-        else DataLayout.EROFS_INODE_COMPRESSED_FULL
-    )
-    advise = Z_EROFS_ADVISE_COMPACTED_2B if ino.compact and ino.two_b else 0
-    if ino.big:
-        advise |= Z_EROFS_ADVISE_BIG_PCLUSTER_1 | Z_EROFS_ADVISE_BIG_PCLUSTER_2
-    if tail:
-        advise |= Z_EROFS_ADVISE_INLINE_PCLUSTER
-    if fragment:
-        advise |= Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
-    ino.map_header = MapHeader(0, len(tail), advise, alg, 0)
-    hpos = inodemod.trailer_offset(ino)
-    if ino.compact:
-        ino.trailer = compact_index_bytes(
-            ino.map_header, hpos, ino.lclusters, opts.blkszbits, ino.two_b, ino.big
-        )
-    else:
-        ino.trailer = full_index_bytes(ino.map_header, ino.lclusters)
-
-
-def _flat(data: bytes, ino: Inode, opts: ErofsOptions, *, regular: bool) -> _FileResult:
-    bs = opts.block_size
-    size = len(data)
-    tail = size % bs
-    inline_ok = not (regular and "noinline_data" in opts.extended)
-    # erofs: an inline tail must stay in the block of its inode (core + xattrs + tail <= bs)
-    if tail and inline_ok and ino.base_size + tail <= bs:
-        head = size - tail
-        return _FileResult(DataLayout.EROFS_INODE_FLAT_INLINE, data[:head], inline=data[head:])
-    return _FileResult(DataLayout.EROFS_INODE_FLAT_PLAIN, data + bytes(-size % bs))
 
 
 class ErofsWriter:
@@ -373,7 +139,7 @@ class ErofsWriter:
 
     # -- data -----------------------------------------------------------
 
-    def _file_results(self, files: list[Inode]) -> Iterator[tuple[Inode, _FileResult]]:
+    def _file_results(self, files: list[Inode]) -> Iterator[tuple[Inode, FileResult]]:
         """Prepared files in tree order, computed by a pool of threads."""
         opts = self.opts
         workers = opts.workers or min(os.cpu_count() or 1, 8)
@@ -382,12 +148,12 @@ class ErofsWriter:
             ThreadPoolExecutor(max_workers=workers) as pool,
             ThreadPoolExecutor(max_workers=workers) as segment_pool,
         ):
-            cutter = _Cutter(opts, segment_pool) if opts.codec is not None else None
+            cutter = Cutter(opts, segment_pool) if opts.codec is not None else None
 
-            def task(ino: Inode) -> _FileResult:
-                return _prepare_file(ino.node, ino, opts, cutter)
+            def task(ino: Inode) -> FileResult:
+                return prepare_file(ino.node, ino, opts, cutter)
 
-            pending: deque[tuple[Inode, Future[_FileResult]]] = deque()
+            pending: deque[tuple[Inode, Future[FileResult]]] = deque()
             it = iter(files)
             try:
                 for ino in it:
@@ -405,7 +171,7 @@ class ErofsWriter:
                 for _, fut in pending:
                     fut.cancel()
 
-    def _place_file(self, ino: Inode, res: _FileResult, cursor: int) -> None:
+    def _place_file(self, ino: Inode, res: FileResult, cursor: int) -> None:
         ino.layout = res.layout
         ino.startblk = cursor
         ino.data_blocks = len(res.payload) // self.bs
@@ -439,7 +205,7 @@ class ErofsWriter:
                     mtime_ns=mtime, size=len(data), data=BytesData(data))  # fmt: skip
         ino = Inode(node, len(self.inodes) + 1, node.mtime_ns, size=len(data))
         inodemod.choose_core(ino, opts.build_time, force_compact=False, force_extended=False)
-        res = _prepare_file(node, ino, opts, _Cutter(opts, None) if opts.codec else None)
+        res = prepare_file(node, ino, opts, Cutter(opts, None) if opts.codec else None)
         self._place_file(ino, res, cursor)
         payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
         f.write(payload)
@@ -447,7 +213,7 @@ class ErofsWriter:
         self.packed = ino
         return cursor + ino.data_blocks
 
-    def _dedupe(self, ino: Inode, res: _FileResult, cursor: int) -> bytes:
+    def _dedupe(self, ino: Inode, res: FileResult, cursor: int) -> bytes:
         """Point extents whose data an earlier pcluster already decodes to at
         that pcluster; returns the pclusters still to write, from block
         ``cursor`` on.  Whole extents only: without partial references a
@@ -539,7 +305,7 @@ class ErofsWriter:
                 data = n.read_data()
             else:
                 continue
-            res = _flat(data, ino, opts, regular=False)
+            res = flat(data, ino, opts, regular=False)
             ino.layout, ino.inline = res.layout, res.inline
             ino.data_blocks = len(res.payload) // bs
             late.append((ino, res.payload))
@@ -741,9 +507,6 @@ def build_erofs(tree: Tree, opts: ErofsOptions, f: BinaryIO) -> BuildReport:
     """Write the image of ``tree`` to the seekable file ``f``."""
     if opts.pcluster_size > Z_EROFS_PCLUSTER_MAX_SIZE:
         raise BuildError(f"-C {opts.pcluster_size}: larger than 1 MiB")
-    for name in UNIMPLEMENTED_OPTIONS:
-        if name in opts.extended:
-            raise UnsupportedFeatureError(f"-E {name}: not implemented by nommufs mkimage yet")
     try:
         return ErofsWriter(tree, opts).write(f)
     except OSError as e:
