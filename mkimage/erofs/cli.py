@@ -1,4 +1,22 @@
-"""``nommufs mkimage erofs [options] OUT SRC`` with mkfs.erofs spellings."""
+"""``nommufs mkimage erofs [options] OUT SRC`` with mkfs.erofs spellings.
+
+Choices where mkfs.erofs versions or kernels differ:
+
+* ``-b`` above the page size (4096 here) is built with a warning: the image
+  is valid and nommufs reads it, but this kernel cannot mount it.
+* ``-T EPOCH`` sets the build time *and* every inode's mtime (mkfs.erofs
+  ``-T``); with ``--mkfs-time`` only the build time.  SOURCE_DATE_EPOCH sets
+  the build time only.  With either, the UUID (unless ``-U``) is derived from
+  the tree and the options, so two builds are byte-identical; otherwise the
+  build time is now and the UUID random, as mkfs.erofs does.
+* Compact inodes are used only where the mtime equals the build time (all
+  kernels then agree); ``-E force-inode-compact`` stores whole seconds
+  relative to it, which kernels before 6.15 do not read.
+* ``-E dedupe`` shares whole pclusters only, so it needs no feature bit;
+  ``-E fragments`` keeps tails in a compressed packed inode (kernel 6.1+).
+* Without ``-z``, files with all-zero blocks are stored chunk-based with
+  holes (kernel 5.15+).
+"""
 
 from __future__ import annotations
 
