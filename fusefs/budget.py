@@ -617,22 +617,28 @@ def _min_text(r: BudgetResult) -> str:
 
 
 def footnotes(report: BudgetReport) -> Iterator[str]:
-    """One line per combination whose fit is not monotonic in the arena size."""
+    """One line per distinct fit that is not monotonic in the arena size,
+    naming the combinations that share it."""
+    groups: dict[tuple[int, tuple[int, ...], int | None, int], list[str]] = {}
     for r in report.results:
-        if r.fails_above_min:
-            what = f"{r.mm}" + (f"+{r.decompress}" if r.decompress else "")
-            fails = ", ".join(_kib(n) for n in r.fails_above_min[:4])
-            more = ", ..." if len(r.fails_above_min) > 4 else ""
-            fits = "no sampled size" if r.fits_from_bytes is None else _kib(r.fits_from_bytes)
-            why = (
-                f" (its order-{r.largest_alloc_order} blocks depend on fragmentation)"
-                if r.largest_alloc_order > 0
-                else ""
+        if r.fails_above_min and r.min_arena_bytes is not None:
+            key = (
+                r.min_arena_bytes,
+                tuple(r.fails_above_min),
+                r.fits_from_bytes,
+                r.largest_alloc_order,
             )
-            yield (
-                f"* {what}: fits in {_kib(r.min_arena_bytes or 0)} but not in "
-                f"{fails}{more}{why}; every sampled size from {fits} up fits"
+            groups.setdefault(key, []).append(
+                f"{r.mm}" + (f"+{r.decompress}" if r.decompress else "")
             )
+    for (least, fails, fits_from, order), names in groups.items():
+        shown = ", ".join(_kib(n) for n in fails[:4]) + (", ..." if len(fails) > 4 else "")
+        fits = "no sampled size" if fits_from is None else _kib(fits_from)
+        why = f" (its order-{order} blocks depend on fragmentation)" if order > 0 else ""
+        yield (
+            f"* {', '.join(names)}: fits in {_kib(least)} but not in {shown}{why}; "
+            f"every sampled size from {fits} up fits"
+        )
 
 
 def _kib(n: int) -> str:
