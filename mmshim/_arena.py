@@ -506,7 +506,9 @@ class Arena:
     def _change_flags(self, page: Page, set_bits: int, clear_bits: int, what: str) -> None:
         """Set then clear (plain int) flag bits on a live folio's head."""
         with self._lock:
-            head = self._live_head(page, what)
+            head = page.head
+            if page._arena is not self or head._flags & F_FREE or head.refcount <= 0:
+                self._live_head(page, what)  # raises
             head._flags = (head._flags | set_bits) & ~clear_bits
 
     def lock_page(self, page: Page) -> None:
@@ -534,7 +536,9 @@ class Arena:
 
     def unlock_page(self, page: Page) -> None:
         with self._lock:
-            head = self._live_head(page, "unlock_page")
+            head = page.head
+            if page._arena is not self or head._flags & F_FREE or head.refcount <= 0:
+                self._live_head(page, "unlock_page")  # raises
             if not head._flags & F_LOCKED:
                 raise BadPageStateError(f"unlock_page(pfn {page.pfn}): not locked", pfn=page.pfn)
             head._flags &= ~F_LOCKED

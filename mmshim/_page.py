@@ -93,13 +93,26 @@ class Owner:
     @classmethod
     def page_cache(cls, mapping_id: Hashable, index: int) -> Owner:
         """The page cache, at ``index`` of the file ``mapping_id``."""
-        return cls(OwnerKind.PAGE_CACHE, mapping_id, index)
+        if cls is not Owner:
+            return cls(OwnerKind.PAGE_CACHE, mapping_id, index)
+        # One per page-cache page, so built without the frozen __init__'s
+        # object.__setattr__ calls: the slots' own setters, half the cost.
+        owner = _new_owner(Owner)
+        _set_kind(owner, OwnerKind.PAGE_CACHE)
+        _set_mapping_id(owner, mapping_id)
+        _set_index(owner, index)
+        return owner
 
     def __str__(self) -> str:
         if self.kind is OwnerKind.PAGE_CACHE and self.mapping_id is not None:
             return f"page_cache({self.mapping_id!r}, {self.index})"
         return self.kind.value
 
+
+_new_owner: Final = object.__new__
+_set_kind: Final = Owner.__dict__["kind"].__set__
+_set_mapping_id: Final = Owner.__dict__["mapping_id"].__set__
+_set_index: Final = Owner.__dict__["index"].__set__
 
 Owner.FREE = Owner(OwnerKind.FREE)
 Owner.PAGE_CACHE = Owner(OwnerKind.PAGE_CACHE)

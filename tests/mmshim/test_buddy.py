@@ -263,10 +263,9 @@ def test_buddy_heaps_do_not_pile_up_stale_entries() -> None:
             buddy.free(pfn, order)
         else:
             order = rng.choice((0, 0, 0, 1, 2))
-            pfn = buddy.alloc(order)
-            assert pfn is not None
-            # still the lowest free block of the smallest order that fits
-            held.append((pfn, order))
+            got = buddy.alloc(order)
+            assert got is not None
+            held.append((got, order))
         for order, (heap, free) in enumerate(zip(buddy._heaps, buddy._free, strict=True)):
             # bounded by the blocks there can be, not by the operations so far
             assert set(heap) >= free and len(heap) <= 2 * (1024 >> order) + 65
