@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "-C", dest="pcluster", type=int, metavar="BYTES",
-        help="physical cluster size: power of two, 4096..1 MiB (default: block size)",
+        help="physical cluster size: power of two, block size..1 MiB (default: block size)",
     )  # fmt: skip
     parser.add_argument(
         "-b", dest="block_size", type=int, default=4096, metavar="BLOCKSIZE",
@@ -114,13 +114,20 @@ def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptio
             f"{KERNEL_MAX_BLOCK} (its page size) only",
             file=sys.stderr,
         )
-    pcluster = args.pcluster if args.pcluster is not None else max(bs, 4096)
-    if not _power_of_two(pcluster) or not 4096 <= pcluster <= Z_EROFS_PCLUSTER_MAX_SIZE:
+    # mkfs.erofs: one block per pcluster unless -C says more
+    pcluster = args.pcluster if args.pcluster is not None else bs
+    if not _power_of_two(pcluster) or not bs <= pcluster <= Z_EROFS_PCLUSTER_MAX_SIZE:
         raise BuildError(
-            f"-C {pcluster}: must be a power of two in 4096..{Z_EROFS_PCLUSTER_MAX_SIZE}"
+            f"-C {pcluster}: must be a power of two in {bs} (the block size)"
+            f"..{Z_EROFS_PCLUSTER_MAX_SIZE}"
         )
-    if pcluster < bs:
-        raise BuildError(f"-C {pcluster}: smaller than the block size {bs}")
+    # kernel: an lz4 cfg record's max_pclusterblks may not exceed 1 MiB / PAGE_SIZE
+    lz4_max = Z_EROFS_PCLUSTER_MAX_SIZE // KERNEL_MAX_BLOCK
+    if codec is not None and codec.algorithm == 0 and pcluster // bs > lz4_max:
+        raise BuildError(
+            f"-C {pcluster}: an lz4 pcluster may span at most {lz4_max} blocks "
+            f"({lz4_max * bs} bytes with -b {bs}); the kernel refuses more"
+        )
     extended: set[str] = set()
     for group in args.extended:
         for opt in group.split(","):

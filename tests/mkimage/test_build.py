@@ -89,6 +89,8 @@ def test_help_and_version(module: str) -> None:
         (["-E", "fragments"], "-z"),
         (["-C", "3000"], "-C 3000"),
         (["-C", str(2 << 20)], "-C"),
+        (["-z", "lz4", "-b", "512", "-C", "262144"], "at most 256 blocks"),
+        (["-b", "4096", "-C", "2048"], "-C 2048"),
         (["-b", "1000"], "-b 1000"),
         (["-z", "lzma"], "lzma"),
         (["-z", "lz4hc,99"], "level"),
