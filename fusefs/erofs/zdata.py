@@ -195,28 +195,41 @@ class PageReader:
         if offset >= end:
             return b""
         nid = inode.nid
-        out = bytearray()  # grown page by page: a hostile i_size allocates nothing up front
-        p0, p1 = offset // PS, (end - 1) // PS + 1
-        for p in range(p0, p1):
-            page = self.cache.find(nid, p)
-            if page is not None and not page.is_uptodate:
-                self.cache.release(page)
-                page = None
-            if page is None:
-                if zmap is not None:
-                    page = self._fill_compressed(inode, zmap, p)
-                else:
-                    assert mapper is not None
-                    page = self._fill_plain(inode, mapper, p, p1)
+        cache, page_view = self.cache, self.arena.page_view
+        # one bytes object per page, joined once: nothing is allocated ahead
+        # of the pages actually read, so a hostile i_size costs nothing
+        parts: list[bytes] = []
+        p, p1 = offset // PS, (end - 1) // PS + 1
+        while p < p1:
+            # the run of pages already cached is looked up under one lock; a
+            # miss drops the references to what follows before filling, so a
+            # fill in a tight arena may evict them as it would have anyway
+            found = cache.find_range(nid, p, p1 - p)
             try:
-                lo = max(offset, p * PS)
-                hi = min(end, (p + 1) * PS)
-                view = self.arena.page_view(page)
-                out += view[lo - p * PS : hi - p * PS]
-                view.release()
+                for page in found:
+                    if page is None or not page.is_uptodate:
+                        break
+                    base = p * PS
+                    with page_view(page) as view:
+                        parts.append(view[max(offset - base, 0) : min(end - base, PS)].tobytes())
+                    p += 1
             finally:
-                self.cache.release(page)
-        return bytes(out)
+                cache.release_pages([pg for pg in found if pg is not None])
+            if p >= p1:
+                break
+            if zmap is not None:
+                page = self._fill_compressed(inode, zmap, p)
+            else:
+                assert mapper is not None
+                page = self._fill_plain(inode, mapper, p, p1)
+            try:
+                base = p * PS
+                with page_view(page) as view:
+                    parts.append(view[max(offset - base, 0) : min(end - base, PS)].tobytes())
+            finally:
+                cache.release(page)
+            p += 1
+        return b"".join(parts)
 
     def _reclaim(self) -> None:
         """Evict a batch of clean page-cache pages when free frames run low."""
@@ -318,11 +331,18 @@ class PageReader:
         so the bytes already there are not lost to eviction) until the
         neighbouring extent fills them.  Returns ``want`` with a new reference."""
         nid = inode.nid
+        size = inode.size
         for q, pg in touched.items():
             if pg.is_uptodate:
                 continue
-            qs, qe = q * PS, min((q + 1) * PS, inode.size)
+            qs, qe = q * PS, min((q + 1) * PS, size)
             key = (nid, q)
+            if key not in self.pending and any(a <= qs and b >= qe for a, b in ranges):
+                # the common case: a page inside one decoded extent
+                if qe - qs < PS:
+                    self._zero_tail(inode, q, pg)
+                pg.set_uptodate()
+                continue
             rec = self.pending.get(key)
             cov = (rec[1] if rec is not None else []) + [
                 (max(a, qs), min(b, qe)) for a, b in ranges if a < qe and b > qs
@@ -374,15 +394,15 @@ class PageReader:
             stack.callback(view.release)
             view[: e.plen] = disk[e.pa : e.pa + e.plen]
             return view[: e.plen]
-        pages = []
+        pages: list[Page] = []
+        stack.callback(self.arena.free_pages_exact, pages)  # order-0 pages, one lock
+        page_view = self.arena.page_view
         for i in range(nin):
             pg = self._alloc(0, Owner.DECOMPRESS, nid, "compressed input page")
-            stack.callback(self.arena.free_pages, pg)
             pages.append(pg)
-            v = self.arena.page_view(pg)
             n = min(PS, e.plen - i * PS)
-            v[:n] = disk[e.pa + i * PS : e.pa + i * PS + n]
-            v.release()
+            with page_view(pg) as v:
+                v[:n] = disk[e.pa + i * PS : e.pa + i * PS + n]
         if nin == 1:
             v = self.arena.page_view(pages[0])
             stack.callback(v.release)
@@ -446,6 +466,17 @@ class PageReader:
         self.counters.bytes_decompressed += e.llen
         self.counters.pclusters_decoded += 1
 
+    def _pages(self, nid: int, start: int, nr: int) -> list[tuple[Page, bool]]:
+        """Page-cache pages ``start .. start + nr - 1``, created where missing
+        (locked, for the caller to fill), with a reference each."""
+        try:
+            return self.cache.get_or_create_range(nid, start, nr)
+        except MemoryError as e:
+            raise OutOfMemoryError(
+                f"erofs: nid {nid}: cannot allocate page cache pages {start}..{start + nr - 1}"
+                f" (order 0): {e}"
+            ) from None
+
     def _run_mapped(self, inode: ErofsInode, extents: list[ZExtent], want: int) -> Page:
         """``vmap`` / ``bounce``: decode each pcluster through a mapping of its output pages."""
         nid = inode.nid
@@ -454,17 +485,19 @@ class PageReader:
         try:
             for e in extents:
                 q0, q1 = e.la // PS, -(-e.end // PS)
-                pages = []
-                for q in range(q0, q1):
-                    pg = held.get(q)
-                    if pg is None:
-                        pg = self._page(nid, q)
+                # extents come in file order: only the first page can be shared
+                # with the previous extent
+                start = q0 + 1 if q0 in held else q0
+                if start < q1:
+                    for q, (pg, created) in enumerate(self._pages(nid, start, q1 - start), start):
                         held[q] = pg
-                        if not pg.is_uptodate:
+                        if created:
+                            locked.append(pg)  # new pages come locked
+                        elif not pg.is_uptodate:
                             if not pg.is_locked:
                                 pg.lock()
                             locked.append(pg)
-                    pages.append(pg)
+                pages = [held[q] for q in range(q0, q1)]
                 with ExitStack() as stack:
                     src = self._input(stack, inode, e)
                     with ExitStack() as out_stack:
@@ -475,8 +508,7 @@ class PageReader:
         finally:
             for pg in locked:
                 pg.unlock()
-            for pg in held.values():
-                self.cache.release(pg)
+            self.cache.release_pages(held.values())
 
     def _zero_tail(self, inode: ErofsInode, q: int, pg: Page) -> None:
         used = inode.size - q * PS
