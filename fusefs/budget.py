@@ -113,29 +113,57 @@ class Sample:
     largest_free: int  # frames in the largest free block
 
 
+def _weight(s: Sample) -> tuple[int, int]:
+    # short-lived buffers (everything but the page cache) first, then use
+    return sum(s.by_owner[1:]), sum(s.by_owner)
+
+
 @dataclass(slots=True)
 class Recorder:
-    """An arena observer keeping at most ``limit`` samples: when full, every
-    other sample is dropped and the sampling stride doubles."""
+    """An arena observer keeping at most ``limit`` samples.
+
+    Events are grouped in buckets of ``stride``; each bucket keeps its
+    heaviest sample (most frames in short-lived buffers, then most frames in
+    use), so a bounce buffer that lives for two events still shows.  When
+    the list is full, neighbouring buckets merge and the stride doubles.
+    """
 
     limit: int = MAX_SAMPLES
     stride: int = 1
     events: int = 0
     samples: list[Sample] = field(default_factory=list)
+    pending: Sample | None = None
 
     def __call__(self, arena: Arena) -> None:
         self.events += 1
-        if self.events % self.stride:
-            return
-        self.record(arena)
+        sample = self.snapshot(arena)
+        if self.pending is None or _weight(sample) >= _weight(self.pending):
+            self.pending = sample
+        if self.events % self.stride == 0:
+            self.flush()
 
-    def record(self, arena: Arena) -> None:
+    def snapshot(self, arena: Arena) -> Sample:
         st = arena.stats
         owners = tuple(st.frames_by_owner.get(k, 0) for k in OWNER_KINDS)
         largest = 1 << st.largest_free_order if st.largest_free_order >= 0 else 0
-        self.samples.append(Sample(self.events, owners, st.frames_free, largest))
+        return Sample(self.events, owners, st.frames_free, largest)
+
+    def record(self, arena: Arena) -> None:
+        """Take a sample now (at the start and the end of a replay)."""
+        self.flush()
+        self.samples.append(self.snapshot(arena))
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        self.samples.append(self.pending)
+        self.pending = None
         if len(self.samples) >= self.limit:
-            self.samples = self.samples[1::2]
+            pairs = zip(self.samples[0::2], self.samples[1::2], strict=False)
+            merged = [max(a, b, key=_weight) for a, b in pairs]
+            if len(self.samples) % 2:
+                merged.append(self.samples[-1])
+            self.samples = merged
             self.stride *= 2
 
 

@@ -59,6 +59,25 @@ def write_plot(report: BudgetReport, out: str | os.PathLike[str]) -> None:
                 linewidth=0.8,
                 label="largest free block",
             )
+            # short-lived buffers are a few frames next to hundreds of cached
+            # ones: give them their own scale on the right
+            transient = [
+                s.by_owner[OWNER_KINDS.index("decompress")]
+                + s.by_owner[OWNER_KINDS.index("bounce")]
+                for s in res.samples
+            ]
+            right = ax.twinx()
+            right.step(
+                xs,
+                transient,
+                where="post",
+                color="#c44e52",
+                linewidth=0.6,
+                label="decompress + bounce (right axis)",
+            )
+            right.set_ylim(0, max(8, int(max(transient) * 1.25)))
+            right.tick_params(labelsize=7, colors="#c44e52")
+            extra = right
             title = f"{res.mm}" + (f" + {res.decompress}" if res.decompress else "")
             verdict = "ok" if res.ok else "FAILED"
             ax.set_title(f"{title}: {verdict}, peak {res.peak_frames}", fontsize=9)
@@ -70,6 +89,8 @@ def write_plot(report: BudgetReport, out: str | os.PathLike[str]) -> None:
         for row in axes:
             row[0].set_ylabel("frames (4 KiB)", fontsize=8)
         handles, labels = axes.flat[0].get_legend_handles_labels()
+        more_handles, more_labels = extra.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
         fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
         fig.suptitle(
             f"{os.path.basename(report.image)} ({report.format}), arena {total} frames, "
