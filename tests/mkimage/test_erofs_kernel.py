@@ -151,3 +151,40 @@ def test_dedupe_shares_pclusters(
         assert proc.returncode == 0, proc.stderr
         fields = ("size", "target", "data_sha")
         assert diff_trees(expected, snapshot(out), fields=fields) == []
+
+
+def _sweep(seed: int, count: int) -> list[list[str]]:
+    """Random -z/-b/-C/-E combinations (fixed seed) the kernel must mount."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    while len(out) < count:
+        z = rng.choice(["lz4", "lz4hc", "zstd", "deflate", "none"])
+        b = rng.choice([512, 1024, 2048, 4096])
+        c = rng.choice([x for x in (4096, 8192, 16384, 65536, 262144, 1 << 20) if x >= b])
+        ext = [e for e in ("ztailpacking", "fragments", "dedupe", "noinline_data",
+                           "legacy-compress", "force-inode-extended", "nosbcrc")
+               if rng.random() < 0.3]  # fmt: skip
+        if z == "none":
+            ext = [e for e in ext if e in ("noinline_data", "force-inode-extended", "nosbcrc")]
+        if "legacy-compress" in ext:
+            c = b
+        if z.startswith("lz4") and c // b > 256:
+            continue
+        out.append(["-z", z, "-b", str(b), "-C", str(c)] + (["-E", ",".join(ext)] if ext else []))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.kernel
+@pytest.mark.parametrize("options", _sweep(20261121, 8), ids=lambda o: "_".join(o))
+def test_random_option_sweep(
+    options: list[str],
+    rich_tree: Path,
+    rich_snapshot: dict[str, Entry],
+    build: Build,
+    mounter: Mounter,
+) -> None:
+    img = build(rich_tree, *options, "-T", str(EPOCH), "--mkfs-time")
+    assert diff_trees(rich_snapshot, snapshot(mounter.kernel_erofs(img))) == []
