@@ -10,6 +10,7 @@ import pytest
 from fusefs.budget import (
     OWNER_KINDS,
     Combination,
+    Recorder,
     Workload,
     arena_of,
     budget,
@@ -19,6 +20,7 @@ from fusefs.budget import (
     replay,
 )
 from fusefs.vfs import PAGE_SIZE, MemoryConfig, open_image
+from mmshim import Arena, Owner
 
 # An arena small enough that the page cache evicts and the frames of a
 # pcluster's output end up scattered (the test tree is ~3 MiB).
@@ -197,3 +199,31 @@ def test_xip_programs_cost_no_frames(cramfs_xip: Path, cramfs_plain: Path) -> No
     assert pres.ok, pres.failure
     assert pres.exec_text_frames is not None and pres.exec_text_frames > 0
     assert res.decompress is None  # cramfs has no strategy axis
+
+
+def test_mount_time_reservation_that_does_not_fit(erofs16: Path) -> None:
+    res = replay(erofs16, Workload("list", ()), Combination("mmu", "percpu-buffer"), 4 * PAGE_SIZE)
+    assert res.failure is not None
+    assert res.failure.startswith("mount: ") and "percpu" in res.failure
+
+
+def test_recorder_is_bounded() -> None:
+    """However long the workload, at most ``limit`` samples, and the bucket
+    keeps the short-lived buffer that lived for one event only."""
+    with Arena(64 * PAGE_SIZE, "mmu") as arena:
+        rec = Recorder(limit=16)
+        arena.add_observer(rec)
+        cached = [arena.alloc_pages(0, Owner.PAGE_CACHE) for _ in range(40)]
+        bounce = arena.alloc_pages(2, Owner.BOUNCE)
+        arena.free_pages(bounce)
+        for page in cached:
+            arena.free_pages(page)
+        arena.remove_observer(rec)
+        rec.record(arena)
+    assert rec.events == 82
+    assert len(rec.samples) <= 16 and rec.stride > 1
+    events = [s.event for s in rec.samples]
+    assert events == sorted(events)
+    bounce_i = OWNER_KINDS.index("bounce")
+    assert max(s.by_owner[bounce_i] for s in rec.samples) == 4
+    assert rec.samples[-1].free == 64
