@@ -135,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
         write_plot(report, args.plot)
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
+        doc = report.to_json()
+        doc["plot"] = args.plot
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_table(report))
