@@ -41,6 +41,9 @@ VM_MAP: Final = 0x00000004
 VM_MAP_PUT_PAGES: Final = 0x00000200  # vunmap() drops one reference per page
 
 _MAP_FIXED: Final = 0x10  # asm-generic/mman-common.h; Python's mmap module lacks it
+# Views of frames are written at once (a decompressor fills them): populate
+# the page tables in the mmap call instead of taking one fault per page.
+_MAP_FRAMES: Final = mmap.MAP_SHARED | mmap.MAP_POPULATE
 _PROT_RW: Final = mmap.PROT_READ | mmap.PROT_WRITE
 
 
@@ -89,7 +92,7 @@ def map_direct(fd: int, first_pfn: int, nr_pages: int) -> mmap.mmap:
     return mmap.mmap(
         fd,
         nr_pages * PAGE_SIZE,
-        flags=mmap.MAP_SHARED,
+        flags=_MAP_FRAMES,
         prot=_PROT_RW,
         offset=first_pfn * PAGE_SIZE,
     )
@@ -105,9 +108,7 @@ def map_scattered(fd: int, pfns: Sequence[int]) -> mmap.mmap:
             run = 1
             while i + run < len(pfns) and pfns[i + run] == pfns[i] + run:
                 run += 1
-            _mmap_fixed(
-                base + i * PAGE_SIZE, run * PAGE_SIZE, mmap.MAP_SHARED, fd, pfns[i] * PAGE_SIZE
-            )
+            _mmap_fixed(base + i * PAGE_SIZE, run * PAGE_SIZE, _MAP_FRAMES, fd, pfns[i] * PAGE_SIZE)
             i += run
     except BaseException:
         mm.close()
