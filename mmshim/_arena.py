@@ -382,7 +382,8 @@ class Arena:
             head.refcount -= 1
             return False
         if head.refcount == 1:
-            self._check_free(head)
+            if head._order or head.mapcount or head._flags & _CHECK_AT_FREE:
+                self._check_free(head)  # order 0 with nothing to refuse is checked inline
             head.refcount = 0
             self._owner_frames[_SLOT[id(head.owner.kind)]] -= 1 << head._order
             self._free_folio(head)

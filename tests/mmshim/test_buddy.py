@@ -272,3 +272,29 @@ def test_buddy_heaps_do_not_pile_up_stale_entries() -> None:
     for pfn, order in held:
         buddy.free(pfn, order)
     assert buddy.free_blocks() == [(0, MAX_ORDER)] and buddy.nr_free == 1024
+
+
+def test_freeing_a_locked_or_cached_page_is_refused(make_arena: MakeArena) -> None:
+    from mmshim import PageCache
+
+    arena = make_arena(8)
+    for order in (0, 1):
+        p = arena.alloc_pages(order)
+        p.lock()
+        with pytest.raises(
+            BadPageStateError, match=r"flags <PageFlags\.[\w|]*PG_locked[\w|]*: \d+> still set"
+        ):
+            arena.free_pages(p)
+        assert not p.is_free and p.refcount == 1
+        p.unlock()
+        arena.free_pages(p)
+        assert p.is_free
+    cache = PageCache(arena)
+    page = cache.find_or_create(1, 0)
+    page.unlock()
+    cache.release(page)
+    with pytest.raises(BadPageStateError, match="PG_lru"):
+        arena.put_page(page)  # the cache's own reference: a bug the arena names
+    assert page.refcount == 1 and not page.is_free
+    cache.close()
+    assert page.is_free
