@@ -200,14 +200,25 @@ class PageReader:
         # of the pages actually read, so a hostile i_size costs nothing
         parts: list[bytes] = []
         p, p1 = offset // PS, (end - 1) // PS + 1
+        # Pages are looked up in runs under one lock.  A run is what the last
+        # fill made uptodate (present unless evicted since), or else a window
+        # that starts at one page and doubles while every page hits, so a
+        # cold read looks up each page once, as page-by-page lookups would.
+        known, window = 0, 1
         while p < p1:
-            # the run of pages already cached is looked up under one lock; a
-            # miss drops the references to what follows before filling, so a
-            # fill in a tight arena may evict them as it would have anyway
-            found = cache.find_range(nid, p, p1 - p)
+            if known:
+                nr = min(known, p1 - p)
+            else:
+                nr = min(window, p1 - p)
+                window = min(window * 2, 64)
+            found = cache.find_range(nid, p, nr)
+            known = 0
+            missed = False
             try:
                 for page in found:
                     if page is None or not page.is_uptodate:
+                        missed = True
+                        window = 1
                         break
                     base = p * PS
                     with page_view(page) as view:
@@ -215,13 +226,13 @@ class PageReader:
                     p += 1
             finally:
                 cache.release_pages([pg for pg in found if pg is not None])
-            if p >= p1:
-                break
+            if not missed:
+                continue
             if zmap is not None:
-                page = self._fill_compressed(inode, zmap, p)
+                page, upto = self._fill_compressed(inode, zmap, p)
             else:
                 assert mapper is not None
-                page = self._fill_plain(inode, mapper, p, p1)
+                page, upto = self._fill_plain(inode, mapper, p, p1)
             try:
                 base = p * PS
                 with page_view(page) as view:
@@ -229,6 +240,7 @@ class PageReader:
             finally:
                 cache.release(page)
             p += 1
+            known = upto - p
         return b"".join(parts)
 
     def _reclaim(self) -> None:
@@ -238,10 +250,11 @@ class PageReader:
 
     def _fill_plain(
         self, inode: ErofsInode, mapper: Callable[[int], Extent], p: int, p_end: int
-    ) -> Page:
+    ) -> tuple[Page, int]:
         """Read page ``p`` and the following ones (up to the request's end,
         stopping at a cached one) of an uncompressed file from the image;
-        returns page ``p`` with a reference for the caller."""
+        returns page ``p`` with a reference for the caller, and the index
+        after the last page read."""
         nid = inode.nid
         self._reclaim()
         first = self._page(nid, p)
@@ -266,7 +279,7 @@ class PageReader:
         except BaseException:
             self.cache.release(first)
             raise
-        return first
+        return first, q
 
     def _copy_plain(
         self, inode: ErofsInode, mapper: Callable[[int], Extent], q: int, page: Page
@@ -297,9 +310,10 @@ class PageReader:
 
     # -- compressed files ----------------------------------------------------------
 
-    def _fill_compressed(self, inode: ErofsInode, zmap: ZMap, p: int) -> Page:
+    def _fill_compressed(self, inode: ErofsInode, zmap: ZMap, p: int) -> tuple[Page, int]:
         """Decode the extents overlapping page ``p`` that it does not hold yet
-        into the page cache; returns page ``p`` with a reference for the caller."""
+        into the page cache; returns page ``p`` with a reference for the
+        caller, and the index after the run of uptodate pages from ``p``."""
         nid = inode.nid
         self._reclaim()
         lo, hi = p * PS, min((p + 1) * PS, inode.size)
@@ -315,13 +329,21 @@ class PageReader:
         if not extents:
             raise CorruptImageError(f"page {p} maps to no data", structure="erofs data", nid=nid)
         if self.strategy in ("vmap", "bounce"):
-            page = self._run_mapped(inode, extents, p)
+            page, upto = self._run_mapped(inode, extents, p)
         else:
-            page = self._run_buffered(inode, extents, p)
+            page, upto = self._run_buffered(inode, extents, p)
         if not page.is_uptodate:
             self.cache.release(page)
             raise CorruptImageError(f"page {p} was not filled", structure="erofs data", nid=nid)
-        return page
+        return page, upto
+
+    @staticmethod
+    def _uptodate_run(pages: dict[int, Page], want: int) -> int:
+        """The index after the run of uptodate ``pages`` that starts at ``want``."""
+        q = want
+        while (pg := pages.get(q)) is not None and pg.is_uptodate:
+            q += 1
+        return q
 
     def _settle(
         self, inode: ErofsInode, touched: dict[int, Page], ranges: list[tuple[int, int]], want: int
@@ -477,7 +499,9 @@ class PageReader:
                 f" (order 0): {e}"
             ) from None
 
-    def _run_mapped(self, inode: ErofsInode, extents: list[ZExtent], want: int) -> Page:
+    def _run_mapped(
+        self, inode: ErofsInode, extents: list[ZExtent], want: int
+    ) -> tuple[Page, int]:
         """``vmap`` / ``bounce``: decode each pcluster through a mapping of its output pages."""
         nid = inode.nid
         held: dict[int, Page] = {}
@@ -504,7 +528,8 @@ class PageReader:
                         view = self._map(out_stack, pages, nid, "decompressed output")
                         off = e.la - q0 * PS
                         self._decode(inode, e, src, view[off : off + e.llen])
-            return self._settle(inode, held, [(e.la, e.end) for e in extents], want)
+            page = self._settle(inode, held, [(e.la, e.end) for e in extents], want)
+            return page, self._uptodate_run(held, want)
         finally:
             for pg in locked:
                 pg.unlock()
@@ -517,7 +542,9 @@ class PageReader:
             v[used:] = bytes(PS - used)
             v.release()
 
-    def _run_buffered(self, inode: ErofsInode, extents: list[ZExtent], want: int) -> Page:
+    def _run_buffered(
+        self, inode: ErofsInode, extents: list[ZExtent], want: int
+    ) -> tuple[Page, int]:
         """``contig-folio`` / ``percpu-buffer``: decode into one contiguous buffer, then
         insert it as a folio or copy the decoded bytes out into order-0 pages."""
         nid = inode.nid
@@ -558,7 +585,7 @@ class PageReader:
                 self.arena.free_pages(folio)  # the page cache holds its own reference now
                 page = self.cache.find(nid, want)
                 assert page is not None
-                return page
+                return page, q0 + folio.nr_pages
             ranges = [(e.la, e.end) for e in extents]
             touched: dict[int, Page] = {}
             try:
@@ -581,7 +608,8 @@ class PageReader:
                         v.release()
                     finally:
                         pg.unlock()
-                return self._settle(inode, touched, ranges, want)
+                page = self._settle(inode, touched, ranges, want)
+                return page, self._uptodate_run(touched, want)
             finally:
                 for pg in touched.values():
                     self.cache.release(pg)
