@@ -51,28 +51,46 @@ def is_elf_program(head: bytes) -> bool:
     return h is not None and h[2] in (ET_EXEC, ET_DYN)
 
 
-def load_segments(data: bytes) -> list[Segment]:
-    """The ``PT_LOAD`` segments of an ELF file (empty if it is not ELF or is malformed)."""
+def _program_headers(data: bytes) -> tuple[str, bool, int, int, int] | None:
+    """(order, is 64-bit, e_phoff, e_phentsize, e_phnum) of an ELF header, or None."""
     h = _header(data)
     if h is None:
-        return []
+        return None
     order, is64, _ = h
     if is64:
         if len(data) < 64:
-            return []
-        phoff, phentsize, phnum = (
-            struct.unpack_from(order + "Q", data, 32)[0],
-            *struct.unpack_from(order + "HH", data, 54),
-        )
-        ph = struct.Struct(order + "IIQQQQQQ")
+            return None
+        (phoff,) = struct.unpack_from(order + "Q", data, 32)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 54)
     else:
-        phoff, phentsize, phnum = (
-            struct.unpack_from(order + "I", data, 28)[0],
-            *struct.unpack_from(order + "HH", data, 42),
-        )
-        ph = struct.Struct(order + "IIIIIIII")
+        (phoff,) = struct.unpack_from(order + "I", data, 28)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 42)
+    return order, is64, phoff, phentsize, phnum
+
+
+def headers_end(data: bytes) -> int:
+    """How many leading bytes of the file hold the ELF header and its program
+    headers (``len(data)`` when ``data`` is not ELF): what a loader reads first."""
+    h = _program_headers(data)
+    if h is None:
+        return len(data)
+    _, is64, phoff, phentsize, phnum = h
+    return max(64 if is64 else 52, phoff + phnum * phentsize)
+
+
+def load_segments(data: bytes, file_size: int | None = None) -> list[Segment]:
+    """The ``PT_LOAD`` segments of an ELF file (empty if it is not ELF or is malformed).
+
+    ``data`` holds at least the first :func:`headers_end` bytes; segments are
+    checked against ``file_size`` (default ``len(data)``)."""
+    h = _program_headers(data)
+    if h is None:
+        return []
+    order, is64, phoff, phentsize, phnum = h
+    ph = struct.Struct(order + ("IIQQQQQQ" if is64 else "IIIIIIII"))
     if phentsize < ph.size or phoff + phnum * phentsize > len(data):
         return []
+    size = len(data) if file_size is None else file_size
     out = []
     for i in range(phnum):
         f = ph.unpack_from(data, phoff + i * phentsize)
@@ -82,7 +100,7 @@ def load_segments(data: bytes) -> list[Segment]:
             _t, flags, off, vaddr, _pa, filesz, memsz, _al = f
         else:
             _t, off, vaddr, _pa, filesz, memsz, flags, _al = f
-        if off + filesz > len(data) or memsz < filesz:
+        if off + filesz > size or memsz < filesz:
             return []
         out.append(Segment(off, vaddr, filesz, memsz, flags))
     return out

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fusefs.cramfs.elf import PF_R, PF_W, PF_X, is_elf_program, load_segments
+from fusefs.cramfs.elf import PF_R, PF_W, PF_X, headers_end, is_elf_program, load_segments
 from fusefs.errors import FsError, UnsupportedFeatureError
 from fusefs.vfs import Filesystem, Ino, walk
 from mmshim import PAGE_SIZE
@@ -107,11 +107,13 @@ def _load(fs: Filesystem, file: MmapFile, path: bytes, size: int, ino: Ino) -> E
     arena = getattr(file, "arena", None)
     if arena is None:
         raise UnsupportedFeatureError(f"{fs.format_name}: mappable file has no arena")
-    # program headers normally sit in the first page; read more only if needed
-    data = fs.read(ino, 0, size)
+    # a loader reads the headers (normally all in the first page), not the file
+    data = fs.read(ino, 0, min(size, PAGE_SIZE))
+    if headers_end(data) > len(data):
+        data = fs.read(ino, 0, min(size, headers_end(data)))
     space = AddressSpace(arena)
     try:
-        for seg in load_segments(data):
+        for seg in load_segments(data, size):
             if not seg.filesz:
                 continue
             start = seg.offset - seg.offset % PAGE_SIZE
