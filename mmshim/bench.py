@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mmshim._arena import MM_MODES, Arena
 from mmshim._errors import VmapError
-from mmshim._page import PAGE_SIZE
+from mmshim._page import PAGE_SIZE, Page
 from mmshim._pagecache import PageCache
 
 
@@ -89,6 +89,7 @@ def bench_pagecache(
     file_pages: int = 4096,
     read_pages: int = 32,
     hits: bool = False,
+    batched: bool = False,
 ) -> CacheBenchResult:
     """Sequential ``read_pages``-page reads of a ``file_pages``-page file for about ``seconds``.
 
@@ -97,7 +98,9 @@ def bench_pagecache(
     ``page_view`` and released.  With ``hits`` the file fits in the arena and
     is read in once first, so the rounds time the lookup path alone; without
     it the file is four times the arena and every page is a miss that evicts.
-    The arena is filled before the clock starts.
+    The arena is filled before the clock starts.  ``batched`` takes each
+    read's pages with one ``get_or_create_range`` and drops them with one
+    ``release_pages`` instead of a call per page.
     """
     if hits:
         file_pages = arena_frames // 2
@@ -106,20 +109,29 @@ def bench_pagecache(
     payload = bytes(range(256)) * (PAGE_SIZE // 256)
     index = reads = pages = 0
 
+    def fill_and_read(page: Page, created: bool) -> None:
+        if created:
+            arena.page_view(page)[:] = payload
+            page.set_uptodate()
+            page.unlock()
+        elif not page.is_uptodate:
+            page.wait_unlocked()
+        view = arena.page_view(page)
+        _ = view[0]
+        view.release()
+
     def one_read() -> None:
         nonlocal index
-        for i in range(index, index + read_pages):
-            page, created = cache.get_or_create("bench", i)
-            if created:
-                arena.page_view(page)[:] = payload
-                page.set_uptodate()
-                page.unlock()
-            elif not page.is_uptodate:
-                page.wait_unlocked()
-            view = arena.page_view(page)
-            _ = view[0]
-            view.release()
-            cache.release(page)
+        if batched:
+            got = cache.get_or_create_range("bench", index, read_pages)
+            for page, created in got:
+                fill_and_read(page, created)
+            cache.release_pages(page for page, _ in got)
+        else:
+            for i in range(index, index + read_pages):
+                page, created = cache.get_or_create("bench", i)
+                fill_and_read(page, created)
+                cache.release(page)
         index = (index + read_pages) % file_pages
 
     try:
@@ -138,7 +150,7 @@ def bench_pagecache(
             if now >= deadline:
                 break
         evictions = cache.counters.evictions - evictions0
-        what = "hits" if hits else "misses"
+        what = ("hits" if hits else "misses") + (", batched" if batched else "")
         return CacheBenchResult(what, reads, pages, now - start, evictions)
     finally:
         cache.close()
@@ -147,12 +159,12 @@ def bench_pagecache(
 
 def format_cache_results(results: list[CacheBenchResult], read_pages: int) -> str:
     lines = [f"page cache: {read_pages}-page reads (find or create + fill + release)", ""]
-    head = f"{'lookups':<8} {'reads/s':>10} {'pages/s':>11} {'MiB/s':>9} {'evicted/read':>13}"
+    head = f"{'lookups':<16} {'reads/s':>10} {'pages/s':>11} {'MiB/s':>9} {'evicted/read':>13}"
     lines.append(head)
     for r in results:
         per_read = r.evictions / r.reads if r.reads else 0.0
         lines.append(
-            f"{r.what:<8} {r.reads / r.seconds:>10,.0f} {r.pages_per_second:>11,.0f} "
+            f"{r.what:<16} {r.reads / r.seconds:>10,.0f} {r.pages_per_second:>11,.0f} "
             f"{r.mib_per_second:>9,.0f} {per_read:>13.1f}"
         )
     return "\n".join(lines)
@@ -189,7 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.pagecache:
-        cache_results = [bench_pagecache(seconds=args.seconds, hits=hits) for hits in (False, True)]
+        cache_results = [
+            bench_pagecache(seconds=args.seconds, hits=hits, batched=batched)
+            for batched in (False, True)
+            for hits in (False, True)
+        ]
         print(format_cache_results(cache_results, 32))
         return
     results = [bench_mode(m, nr_pages=args.pages, seconds=args.seconds) for m in MM_MODES]

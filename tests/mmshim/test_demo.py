@@ -69,4 +69,6 @@ def test_pagecache_bench_misses_evict_and_hits_do_not() -> None:
     assert misses.reads >= 20 and misses.pages == 32 * misses.reads
     assert misses.evictions == misses.pages  # the arena was full before the clock started
     assert hits.evictions == 0 and hits.pages == 32 * hits.reads
-    assert "misses" in format_cache_results([misses, hits], 32)
+    batched = bench_pagecache(seconds=0.01, arena_frames=64, file_pages=256, batched=True)
+    assert batched.evictions == batched.pages > 0 and batched.what == "misses, batched"
+    assert "misses, batched" in format_cache_results([misses, hits, batched], 32)
