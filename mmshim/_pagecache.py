@@ -246,7 +246,10 @@ class PageCache:
         if not file:
             del self._files[mapping_id]
         head._flags &= ~F_LRU
-        self.arena.put_page(head)
+        arena = self.arena
+        # put_page without its checks: the cache's reference keeps the folio live
+        if arena._put(head) and arena._observers:
+            arena._notify()
         return nr
 
     def evict(self, nr: int) -> int:
