@@ -69,6 +69,8 @@ from mmshim import PAGE_SIZE, Arena, MmshimError, Owner, Page, PageCache, is_con
 
 PS = PAGE_SIZE
 PENDING_MAX = 32
+# pages of an uncompressed file read in one go (a readahead window of 64 KiB)
+PLAIN_BATCH = 16
 
 
 def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
@@ -251,62 +253,63 @@ class PageReader:
     def _fill_plain(
         self, inode: ErofsInode, mapper: Callable[[int], Extent], p: int, p_end: int
     ) -> tuple[Page, int]:
-        """Read page ``p`` and the following ones (up to the request's end,
-        stopping at a cached one) of an uncompressed file from the image;
-        returns page ``p`` with a reference for the caller, and the index
-        after the last page read."""
+        """Read page ``p`` and the following ones (up to the request's end, at
+        most ``PLAIN_BATCH`` pages, as readahead would) of an uncompressed
+        file from the image; returns page ``p`` with a reference for the
+        caller, and the index after the last page read."""
         nid = inode.nid
         self._reclaim()
-        first = self._page(nid, p)
+        got = self._pages(nid, p, max(1, min(p_end - p, PLAIN_BATCH)))
+        locked = [pg for pg, created in got if created]  # new pages come locked
+        ext: Extent | None = None
         try:
-            q = p
-            while q < p_end:
-                page = first if q == p else self._page(nid, q)
-                try:
-                    if page.is_uptodate:
-                        break
-                    if not page.is_locked:
-                        page.lock()
-                    try:
-                        self._copy_plain(inode, mapper, q, page)
-                        page.set_uptodate()
-                    finally:
-                        page.unlock()
-                finally:
-                    if page is not first:
-                        self.cache.release(page)
-                q += 1
+            for q, (page, _created) in enumerate(got, p):
+                if page.is_uptodate:
+                    continue
+                if not page.is_locked:
+                    page.lock()
+                    locked.append(page)
+                ext = self._copy_plain(inode, mapper, q, page, ext)
+                page.set_uptodate()
         except BaseException:
-            self.cache.release(first)
+            self.cache.release_pages([pg for pg, _created in got])
             raise
-        return first, q
+        finally:
+            for pg in locked:
+                pg.unlock()
+        self.cache.release_pages([pg for pg, _created in got[1:]])
+        return got[0][0], p + len(got)
 
     def _copy_plain(
-        self, inode: ErofsInode, mapper: Callable[[int], Extent], q: int, page: Page
-    ) -> None:
-        view = self.arena.page_view(page)
-        try:
+        self,
+        inode: ErofsInode,
+        mapper: Callable[[int], Extent],
+        q: int,
+        page: Page,
+        ext: Extent | None,
+    ) -> Extent | None:
+        """Copy page ``q`` from the image; ``ext`` is the last extent mapped
+        (reused while it covers the page), the one used last is returned."""
+        with self.arena.page_view(page) as view:
             pos, end = q * PS, min((q + 1) * PS, inode.size)
             while pos < end:
-                ext = mapper(pos)
+                if ext is None or not ext.la <= pos < ext.la + ext.llen:
+                    ext = mapper(pos)
                 stop = min(ext.la + ext.llen, end)
                 if stop <= pos:
                     raise CorruptImageError(
                         f"empty extent at {pos}", structure="erofs map", nid=inode.nid
                     )
-                dst = view[pos - q * PS : stop - q * PS]
                 if ext.pa is None:
-                    dst[:] = bytes(len(dst))
+                    view[pos - q * PS : stop - q * PS] = bytes(stop - pos)
                 else:
                     src = ext.pa + pos - ext.la
                     self.image.check(src, stop - pos, structure="erofs data", nid=inode.nid)
-                    dst[:] = self.image.view[src : src + stop - pos]
-                dst.release()
+                    view[pos - q * PS : stop - q * PS] = self.image.view[src : src + stop - pos]
                 pos = stop
             if end - q * PS < PS:
                 view[end - q * PS :] = bytes(PS - (end - q * PS))
-        finally:
-            view.release()
+        return ext
 
     # -- compressed files ----------------------------------------------------------
 
