@@ -19,10 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.trees import Entry, build_rich_tree, build_small_tree, snapshot
 
 MOUNT_DEADLINE = 15.0
+
+# Property tests: no per-example deadline (two shared cores make timings noisy;
+# every test has pytest-timeout instead), and in CI a fixed example sequence so
+# a run is reproducible — a failure found there replays locally with CI=true.
+settings.register_profile(
+    "nommufs",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+    print_blob=True,
+)
+settings.load_profile("nommufs")
 
 
 # -- capabilities ----------------------------------------------------------------
