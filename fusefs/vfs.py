@@ -39,6 +39,38 @@ MM_MODES: Final[tuple[MmMode, ...]] = ("mmu", "nommu-contig", "nommu-bounce")
 STRATEGIES: Final[tuple[Strategy, ...]] = ("vmap", "bounce", "contig-folio", "percpu-buffer")
 PAGE_SIZE: Final = 4096
 DEFAULT_ARENA_BYTES: Final = 64 << 20
+# The file types a read-only image can hold (the kernel's EROFS accepts these
+# and nothing else; cramfs and the writers use the same set).
+FILE_TYPES: Final = frozenset(
+    {
+        stat.S_IFREG,
+        stat.S_IFDIR,
+        stat.S_IFLNK,
+        stat.S_IFCHR,
+        stat.S_IFBLK,
+        stat.S_IFIFO,
+        stat.S_IFSOCK,
+    }
+)
+
+
+class HasMode:
+    """``is_dir`` / ``is_reg`` / ``is_lnk`` for anything with an ``st_mode``-style ``mode``."""
+
+    __slots__ = ()
+    mode: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +99,7 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Attr:
+class Attr(HasMode):
     """What stat(2) shows for an inode."""
 
     ino: Ino
@@ -79,18 +111,6 @@ class Attr:
     mtime_ns: int  # atime and ctime are reported equal to mtime
     rdev: int = 0  # os.makedev() encoding
     blocks: int = 0  # 512-byte units, as st_blocks
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_lnk(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,21 +32,13 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, NewType
 
 from fusefs.errors import BuildError
+from fusefs.vfs import FILE_TYPES, HasMode
 
 LinkKey = NewType("LinkKey", tuple[int, int])
 """Identity of a source inode: ``(st_dev, st_ino)``; tar members get ``(-1, n)``."""
 
 NAME_MAX = 255  # longest name any of the image formats stores
 
-SUPPORTED_TYPES = (
-    stat.S_IFREG,
-    stat.S_IFDIR,
-    stat.S_IFLNK,
-    stat.S_IFCHR,
-    stat.S_IFBLK,
-    stat.S_IFIFO,
-    stat.S_IFSOCK,
-)
 
 
 def show(path: bytes) -> str:
@@ -139,7 +131,7 @@ class TarData(DataSource):
 
 
 @dataclass(slots=True)
-class Node:
+class Node(HasMode):
     """One name in the tree and its inode's attributes.
 
     ``path`` is relative to the root (``b""`` for the root itself, never a
@@ -166,17 +158,6 @@ class Node:
     def name(self) -> bytes:
         return self.path.rsplit(b"/", 1)[-1]
 
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_lnk(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
     def read_data(self) -> bytes:
         """The file's bytes (regular files), the target (symlinks), else ``b""``.
@@ -312,7 +293,7 @@ def _scan_dir(src: bytes, excluded: _Excluder) -> Node:
 
 def _node_from_stat(full: bytes, rel: bytes, st: os.stat_result) -> Node:
     fmt = stat.S_IFMT(st.st_mode)
-    if fmt not in SUPPORTED_TYPES:
+    if fmt not in FILE_TYPES:
         raise BuildError(f"{show(full)}: unsupported file type {fmt:#o}")
     node = Node(
         path=rel,

@@ -13,17 +13,7 @@ from dataclasses import dataclass
 
 from fusefs.cramfs.format import CRAMFS_INODE_SIZE, CramfsInode, Endian
 from fusefs.errors import CorruptImageError
-from fusefs.vfs import ImageBytes
-
-_KNOWN_TYPES = (
-    stat.S_IFREG,
-    stat.S_IFDIR,
-    stat.S_IFLNK,
-    stat.S_IFCHR,
-    stat.S_IFBLK,
-    stat.S_IFIFO,
-    stat.S_IFSOCK,
-)
+from fusefs.vfs import FILE_TYPES, ImageBytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +49,7 @@ def check_inode(ino: CramfsInode, pos: int, limit: int) -> None:
         return CorruptImageError(reason, structure="cramfs inode", offset=pos)
 
     fmt = stat.S_IFMT(ino.mode)
-    if fmt not in _KNOWN_TYPES:
+    if fmt not in FILE_TYPES:
         raise bad(f"bogus mode {ino.mode:#o}")
     data = ino.offset << 2
     if data >= limit and ino.offset:
