@@ -69,6 +69,8 @@ from mmshim import PAGE_SIZE, Arena, MmshimError, Owner, Page, PageCache, is_con
 
 PS = PAGE_SIZE
 PENDING_MAX = 32
+# files whose next sequential offset is remembered (the kernel's file_ra_state)
+SEQ_TRACK = 64
 # pages of an uncompressed file read in one go (a readahead window of 64 KiB)
 PLAIN_BATCH = 16
 
@@ -115,6 +117,10 @@ class PageReader:
         self.pending: collections.OrderedDict[tuple[int, int], tuple[Page, list[tuple[int, int]]]]
         self.pending = collections.OrderedDict()
         self.pending_max = max(1, min(PENDING_MAX, self.arena.nr_pages // 32))
+        # nid -> where the last read of it ended: a read from there (or from
+        # 0) is sequential and decodes whole extents, others decode the prefix
+        # of an extent that the request needs
+        self.next_offset: collections.OrderedDict[int, int] = collections.OrderedDict()
         # reclaim in batches below a watermark (the kernel's kswapd does the
         # same): one pass over the LRU frees many frames instead of one
         self.low_watermark = max(8, self.arena.nr_pages // 32)
@@ -198,6 +204,11 @@ class PageReader:
             return b""
         nid = inode.nid
         cache, page_view = self.cache, self.arena.page_view
+        sequential = offset == 0 or self.next_offset.get(nid) == offset
+        self.next_offset[nid] = end
+        self.next_offset.move_to_end(nid)
+        if len(self.next_offset) > SEQ_TRACK:
+            self.next_offset.popitem(last=False)
         # one bytes object per page, joined once: nothing is allocated ahead
         # of the pages actually read, so a hostile i_size costs nothing
         parts: list[bytes] = []
@@ -231,7 +242,7 @@ class PageReader:
             if not missed:
                 continue
             if zmap is not None:
-                page, upto = self._fill_compressed(inode, zmap, p)
+                page, upto = self._fill_compressed(inode, zmap, p, p1 if not sequential else None)
             else:
                 assert mapper is not None
                 page, upto = self._fill_plain(inode, mapper, p, p1)
@@ -313,10 +324,18 @@ class PageReader:
 
     # -- compressed files ----------------------------------------------------------
 
-    def _fill_compressed(self, inode: ErofsInode, zmap: ZMap, p: int) -> tuple[Page, int]:
+    def _fill_compressed(
+        self, inode: ErofsInode, zmap: ZMap, p: int, p_end: int | None = None
+    ) -> tuple[Page, int]:
         """Decode the extents overlapping page ``p`` that it does not hold yet
         into the page cache; returns page ``p`` with a reference for the
-        caller, and the index after the run of uptodate pages from ``p``."""
+        caller, and the index after the run of uptodate pages from ``p``.
+
+        With ``p_end`` (a read that is not sequential), ``vmap``/``bounce``
+        decode an extent only as far as the request (pages before ``p_end``)
+        needs, as the kernel decodes a pcluster partially for a read that
+        ends inside it; the rest of the extent is decoded (from its start
+        again) when it is read."""
         nid = inode.nid
         self._reclaim()
         lo, hi = p * PS, min((p + 1) * PS, inode.size)
@@ -332,7 +351,8 @@ class PageReader:
         if not extents:
             raise CorruptImageError(f"page {p} maps to no data", structure="erofs data", nid=nid)
         if self.strategy in ("vmap", "bounce"):
-            page, upto = self._run_mapped(inode, extents, p)
+            limit = max(p_end, p + 1) * PS if p_end is not None else inode.size
+            page, upto = self._run_mapped(inode, extents, p, limit)
         else:
             page, upto = self._run_buffered(inode, extents, p)
         if not page.is_uptodate:
@@ -474,6 +494,7 @@ class PageReader:
         return view
 
     def _decode(self, inode: ErofsInode, e: ZExtent, src: memoryview, dst: memoryview) -> None:
+        """Decode ``e`` into ``dst``: all of it, or the prefix ``dst`` is long."""
         bs = self.sbi.block_size
         pad_window = bs - e.pa % bs if e.kind is ZKind.INLINE else min(bs, e.plen)
         decompress(
@@ -482,13 +503,13 @@ class PageReader:
             dst,
             cfg=self.sbi.compr,
             zero_padding=self.sbi.has(f.EROFS_FEATURE_INCOMPAT_ZERO_PADDING),
-            partial=e.partial,
+            partial=e.partial or len(dst) < e.llen,
             pad_window=pad_window,
             la=e.la,
             block_size=bs,
             where=f"erofs inode nid {inode.nid} extent [{e.la}, {e.end}) @{e.pa:#x}",
         )
-        self.counters.bytes_decompressed += e.llen
+        self.counters.bytes_decompressed += len(dst)
         self.counters.pclusters_decoded += 1
 
     def _pages(self, nid: int, start: int, nr: int) -> list[tuple[Page, bool]]:
@@ -503,15 +524,19 @@ class PageReader:
             ) from None
 
     def _run_mapped(
-        self, inode: ErofsInode, extents: list[ZExtent], want: int
+        self, inode: ErofsInode, extents: list[ZExtent], want: int, limit: int
     ) -> tuple[Page, int]:
         """``vmap`` / ``bounce``: decode each pcluster through a mapping of its output pages."""
         nid = inode.nid
         held: dict[int, Page] = {}
         locked: list[Page] = []
+        ranges: list[tuple[int, int]] = []
         try:
             for e in extents:
-                q0, q1 = e.la // PS, -(-e.end // PS)
+                # the decoded prefix ends at a page boundary (limit) or the extent's end
+                stop = min(e.end, max(limit, e.la + 1))
+                ranges.append((e.la, stop))
+                q0, q1 = e.la // PS, -(-stop // PS)
                 # extents come in file order: only the first page can be shared
                 # with the previous extent
                 start = q0 + 1 if q0 in held else q0
@@ -530,8 +555,8 @@ class PageReader:
                     with ExitStack() as out_stack:
                         view = self._map(out_stack, pages, nid, "decompressed output")
                         off = e.la - q0 * PS
-                        self._decode(inode, e, src, view[off : off + e.llen])
-            page = self._settle(inode, held, [(e.la, e.end) for e in extents], want)
+                        self._decode(inode, e, src, view[off : off + stop - e.la])
+            page = self._settle(inode, held, ranges, want)
             return page, self._uptodate_run(held, want)
         finally:
             for pg in locked:
