@@ -258,7 +258,7 @@ class PageReader:
 
     def _reclaim(self) -> None:
         """Evict a batch of clean page-cache pages when free frames run low."""
-        if self.arena.stats.frames_free < self.low_watermark:
+        if self.arena.frames_free < self.low_watermark:
             self.cache.evict(self.reclaim_batch)
 
     def _fill_plain(

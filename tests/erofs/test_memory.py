@@ -202,3 +202,38 @@ def test_threads_share_one_image(image: Path, tree: Path) -> None:
         assert not errors, errors[0]
         st = fs.memory_stats()
         assert st["vmaps_live"] == 0 and st["frames_peak"] <= 512
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_random_reads_decode_a_prefix_and_read_the_same(
+    image: Path, tree: Path, strategy: str
+) -> None:
+    """Reads that are not sequential decode extents only as far as they need
+    (vmap/bounce); whatever the order of reads, the bytes are the file's."""
+    want = (tree / "big1.txt").read_bytes()
+    rng = random.Random(3)
+    offsets = [rng.randrange(len(want)) & ~4095 for _ in range(60)]
+    with contextlib.closing(open_image(image, MemoryConfig(decompress=strategy))) as fs:
+        ino = fs.lookup(fs.root, b"big1.txt")
+        for off in offsets:
+            size = rng.choice((1, 4096, 5000, 70_000))
+            assert fs.read(ino, off, size) == want[off : off + size], (off, size)
+        # then the whole file, sequentially in odd-sized pieces, over pages
+        # some of which were decoded by the reads above
+        got, off = bytearray(), 0
+        while chunk := fs.read(ino, off, 12_345):
+            got += chunk
+            off += len(chunk)
+        assert got == want
+        stats = fs.memory_stats()
+    assert stats["pclusters_decoded"] > 0
+    if strategy in ("vmap", "bounce"):
+        # a read from 0 is sequential and decodes the whole first extent; a
+        # first read of page 1 decodes the first extent only up to page 2
+        decoded = {}
+        for off in (0, 4096):
+            with contextlib.closing(open_image(image, MemoryConfig(decompress=strategy))) as fs:
+                ino = fs.lookup(fs.root, b"big1.txt")
+                assert fs.read(ino, off, 4096) == want[off : off + 4096]
+                decoded[off] = fs.memory_stats()["bytes_decompressed"]
+        assert decoded[4096] == 8192 < decoded[0]
