@@ -27,6 +27,7 @@ import re
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, NewType
@@ -116,13 +117,17 @@ class TarData(DataSource):
 
     archive: tarfile.TarFile
     member: tarfile.TarInfo
+    # One per archive: members share the archive's file position, and the
+    # writers read sources from several threads at once.
+    lock: threading.Lock
 
     def read(self) -> bytes:
-        f = self.archive.extractfile(self.member)
-        if f is None:
-            raise BuildError(f"{self.member.name}: tar member has no data")
         try:
-            data = f.read()
+            with self.lock:
+                f = self.archive.extractfile(self.member)
+                if f is None:
+                    raise BuildError(f"{self.member.name}: tar member has no data")
+                data = f.read()
         except (OSError, tarfile.TarError) as e:
             raise BuildError(f"{self.member.name}: cannot read tar member: {e}") from None
         if len(data) != self.member.size:
@@ -336,6 +341,7 @@ def _scan_tar(tarpath: str, excluded: _Excluder, tree: Tree) -> None:
     except (OSError, tarfile.TarError) as e:
         raise BuildError(f"{tarpath}: cannot open tar file: {e}") from None
     tree.closers.append(archive.close)
+    lock = threading.Lock()
     by_path: dict[bytes, Node] = {b"": tree.root}
     try:
         members = archive.getmembers()
@@ -362,7 +368,7 @@ def _scan_tar(tarpath: str, excluded: _Excluder, tree: Tree) -> None:
         elif m.isreg():
             node.mode |= stat.S_IFREG
             node.size = m.size
-            node.data = TarData(archive, m)
+            node.data = TarData(archive, m, lock)
         elif m.issym():
             node.mode |= stat.S_IFLNK
             node.target = os.fsencode(m.linkname)
