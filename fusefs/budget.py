@@ -260,14 +260,10 @@ class BudgetReport:
 
 def arena_of(fs: Filesystem) -> Arena:
     """The arena an open image allocates from (each open has its own)."""
-    from fusefs.cramfs.fs import CramfsFilesystem
-    from fusefs.erofs.fs import ErofsFilesystem
-
-    if isinstance(fs, ErofsFilesystem):
-        return fs.reader.arena
-    if isinstance(fs, CramfsFilesystem):
+    try:
         return fs.arena
-    raise UnsupportedFeatureError(f"{fs.format_name}: no arena to measure")
+    except AttributeError:
+        raise UnsupportedFeatureError(f"{fs.format_name}: no arena to measure") from None
 
 
 # -- workloads ---------------------------------------------------------------------------

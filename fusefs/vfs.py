@@ -27,9 +27,12 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, NewType
+from typing import TYPE_CHECKING, Any, Final, Literal, NewType
 
 from fusefs.errors import CorruptImageError, FsError, InvalidArgumentError, UnsupportedFeatureError
+
+if TYPE_CHECKING:
+    from mmshim import Arena
 
 Ino = NewType("Ino", int)
 
@@ -207,6 +210,9 @@ class Filesystem(abc.ABC):
     """
 
     format_name: str = "?"
+    # The simulated machine's memory this open image reads through (each open
+    # image has its own); a format sets it in its __init__.
+    arena: Arena
 
     def __init__(self, image: ImageBytes, memory: MemoryConfig) -> None:
         self.image = image

@@ -102,6 +102,7 @@ class ErofsFilesystem(Filesystem):
         self.dir_counters = CacheCounters()
         self._fragment_depth = 0
         self.reader = PageReader(image, self.sbi, memory)
+        self.arena = self.reader.arena
         try:
             self.reader.read_fragment = self._read_fragment
             root = self._inode(Nid(self.sbi.root_nid))
