@@ -10,7 +10,7 @@ from fusefs.erofs import format as f
 from fusefs.erofs.format import Nid
 from fusefs.erofs.super import ErofsSuper
 from fusefs.errors import CorruptImageError, UnsupportedFeatureError
-from fusefs.vfs import ImageBytes
+from fusefs.vfs import HasMode, ImageBytes
 
 _STRUCT = "erofs inode"
 _VALID_TYPES = frozenset(
@@ -29,7 +29,7 @@ _MAX_SIZE = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
-class ErofsInode:
+class ErofsInode(HasMode):
     """One inode's core, decoded; positions are byte offsets in the image."""
 
     nid: Nid
@@ -53,17 +53,6 @@ class ErofsInode:
     def ftype(self) -> int:
         return stat.S_IFMT(self.mode)
 
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_lnk(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
     @property
     def xattr_pos(self) -> int:
