@@ -64,6 +64,12 @@ def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """IMAGE, ``--offset`` and the simulated-machine options."""
+    add_image_location(parser)
+    add_memory_arguments(parser)
+
+
+def add_image_location(parser: argparse.ArgumentParser) -> None:
+    """IMAGE and ``--offset``: where the filesystem is."""
     parser.add_argument(
         "image", metavar="IMAGE", help="EROFS or cramfs image (file or block device)"
     )
@@ -74,7 +80,6 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="where the filesystem starts inside IMAGE (default: 0)",
     )
-    add_memory_arguments(parser)
 
 
 def open_from_args(args: argparse.Namespace) -> Filesystem:

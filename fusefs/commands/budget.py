@@ -14,7 +14,7 @@ import sys
 from typing import Final
 
 from fusefs.budget import BudgetReport, BudgetResult, budget, footnotes, iter_rows
-from fusefs.commands._common import parse_size
+from fusefs.commands._common import add_image_location, parse_size
 from fusefs.vfs import DEFAULT_ARENA_BYTES, MM_MODES, PAGE_SIZE, STRATEGIES
 
 NAME: Final = "budget"
@@ -23,16 +23,7 @@ EXIT_NONE_FITS: Final = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "image", metavar="IMAGE", help="EROFS or cramfs image (file or block device)"
-    )
-    parser.add_argument(
-        "--offset",
-        type=parse_size,
-        default=0,
-        metavar="BYTES",
-        help="where the filesystem starts inside IMAGE (default: 0)",
-    )
+    add_image_location(parser)
     parser.add_argument(
         "--arena",
         type=parse_size,

@@ -53,7 +53,6 @@ class ErofsInode(HasMode):
     def ftype(self) -> int:
         return stat.S_IFMT(self.mode)
 
-
     @property
     def xattr_pos(self) -> int:
         return self.iloc + self.inode_isize
