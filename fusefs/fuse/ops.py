@@ -45,8 +45,6 @@ T = TypeVar("T")
 # The image never changes under a mount: let the kernel cache everything.
 TIMEOUT = 86400.0
 READDIR_BATCH = 128
-# reads up to this size are served on the event loop, larger ones in a thread
-SMALL_READ = 16 << 10
 
 
 class NommuOperations(pyfuse3.Operations):
@@ -254,10 +252,8 @@ class NommuOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True, direct_io=False)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        if size <= SMALL_READ:
-            # a few pages: the hop to a worker thread and back costs more
-            # than decoding them (a partial decode stops at the request's end)
-            return self._call(f"read {fh}@{off}+{size}", self.fs.read, self._ino(fh), off, size)
+        # Always in a worker thread, however small: even a 4 KiB read may
+        # decode a whole pcluster (up to 1 MiB), which must not stall the loop.
         return await self._in_thread(
             f"read {fh}@{off}+{size}", self.fs.read, self._ino(fh), off, size
         )
