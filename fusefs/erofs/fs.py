@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import functools
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -100,6 +101,11 @@ class ErofsFilesystem(Filesystem):
             collections.OrderedDict()
         )
         self.dir_counters = CacheCounters()
+        # Metadata is parsed straight from the immutable image, so it needs no
+        # lock but this one around the two caches (a leaf: nothing else is
+        # taken while it is held).  ``self.lock`` serialises only the page
+        # cache and arena, so a lookup never waits behind a decompression.
+        self.cache_lock = threading.Lock()
         self._fragment_depth = 0
         self.reader = PageReader(image, self.sbi, memory)
         self.arena = self.reader.arena
@@ -132,19 +138,20 @@ class ErofsFilesystem(Filesystem):
         return self.ino_of(self.sbi.root_nid)
 
     def _load(self, nid: Nid) -> tuple[ErofsInode, ZMap | None]:
-        with self.lock:
+        with self.cache_lock:
             hit = self.inode_cache.get(nid)
             if hit is not None:
                 self.inode_counters.hits += 1
                 self.inode_cache.move_to_end(nid)
                 return hit
             self.inode_counters.misses += 1
-            inode = read_inode(self.image, self.sbi, nid)
-            zmap = ZMap(self.image, self.sbi, inode) if inode.is_compressed else None
+        inode = read_inode(self.image, self.sbi, nid)
+        zmap = ZMap(self.image, self.sbi, inode) if inode.is_compressed else None
+        with self.cache_lock:
             self.inode_cache[nid] = (inode, zmap)
             if len(self.inode_cache) > INODE_CACHE_SIZE:
                 self.inode_cache.popitem(last=False)
-            return inode, zmap
+        return inode, zmap
 
     def _inode(self, nid: Nid) -> ErofsInode:
         return self._load(nid)[0]
@@ -224,21 +231,22 @@ class ErofsFilesystem(Filesystem):
 
     def _dir_block(self, inode: ErofsInode, blk: int) -> list[f.DirEntryRecord]:
         key = (inode.nid, blk)
-        with self.lock:
+        with self.cache_lock:
             hit = self.dir_cache.get(key)
             if hit is not None:
                 self.dir_counters.hits += 1
                 self.dir_cache.move_to_end(key)
                 return hit
             self.dir_counters.misses += 1
-            bs = self.sbi.block_size
-            maxsize = block_maxsize(inode.size, bs, blk)
-            data = self._read_meta(inode, blk * bs, maxsize)
-            entries = f.unpack_dirent_block(data, maxsize, nid=inode.nid, offset=blk * bs)
+        bs = self.sbi.block_size
+        maxsize = block_maxsize(inode.size, bs, blk)
+        data = self._read_meta(inode, blk * bs, maxsize)
+        entries = f.unpack_dirent_block(data, maxsize, nid=inode.nid, offset=blk * bs)
+        with self.cache_lock:
             self.dir_cache[key] = entries
             if len(self.dir_cache) > DIRBLOCK_CACHE_SIZE:
                 self.dir_cache.popitem(last=False)
-            return entries
+        return entries
 
     def _dir(self, ino: Ino) -> ErofsInode:
         inode = self.inode(ino)
@@ -256,41 +264,38 @@ class ErofsFilesystem(Filesystem):
 
     @_clean_errors
     def getattr(self, ino: Ino) -> Attr:
-        with self.lock:
-            inode = self.inode(ino)
-            if inode.is_compressed:
-                blocks = (inode.i_u << self.sbi.blkszbits) >> 9
-            else:
-                bs = self.sbi.block_size
-                blocks = (-(-inode.size // bs) * bs) >> 9
-            return Attr(
-                ino=ino,
-                mode=inode.mode,
-                nlink=inode.nlink,
-                uid=inode.uid,
-                gid=inode.gid,
-                size=inode.size,
-                mtime_ns=inode.mtime * 1_000_000_000 + inode.mtime_nsec,
-                rdev=inode.rdev,
-                blocks=blocks,
-            )
+        inode = self.inode(ino)
+        if inode.is_compressed:
+            blocks = (inode.i_u << self.sbi.blkszbits) >> 9
+        else:
+            bs = self.sbi.block_size
+            blocks = (-(-inode.size // bs) * bs) >> 9
+        return Attr(
+            ino=ino,
+            mode=inode.mode,
+            nlink=inode.nlink,
+            uid=inode.uid,
+            gid=inode.gid,
+            size=inode.size,
+            mtime_ns=inode.mtime * 1_000_000_000 + inode.mtime_nsec,
+            rdev=inode.rdev,
+            blocks=blocks,
+        )
 
     @_clean_errors
     def lookup(self, parent: Ino, name: bytes) -> Ino:
-        with self.lock:
-            d = self._dir(parent)
-            if not name or len(name) > f.EROFS_NAME_LEN or b"/" in name:
-                raise NotFoundError(f"{name!r}: no such entry")
-            rec = find_entry(
-                lambda b: self._dir_block(d, b), dir_nblocks(d.size, self.sbi.block_size), name
-            )
-            if rec is None:
-                raise NotFoundError(f"{name.decode(errors='replace')}: no such entry")
-            return self.ino_of(rec.nid)
+        d = self._dir(parent)
+        if not name or len(name) > f.EROFS_NAME_LEN or b"/" in name:
+            raise NotFoundError(f"{name!r}: no such entry")
+        rec = find_entry(
+            lambda b: self._dir_block(d, b), dir_nblocks(d.size, self.sbi.block_size), name
+        )
+        if rec is None:
+            raise NotFoundError(f"{name.decode(errors='replace')}: no such entry")
+        return self.ino_of(rec.nid)
 
     def readdir(self, ino: Ino, offset: int = 0) -> Iterator[DirEntry]:
-        with self.lock:
-            d = _clean_errors(self._dir)(ino)
+        d = _clean_errors(self._dir)(ino)
         nblocks = dir_nblocks(d.size, self.sbi.block_size)
 
         def get_block(blk: int) -> list[f.DirEntryRecord]:
@@ -300,8 +305,7 @@ class ErofsFilesystem(Filesystem):
         while True:
             try:
                 key, rec = next(entries)
-                with self.lock:
-                    t = self._dirent_type(rec)
+                t = self._dirent_type(rec)
             except StopIteration:
                 return
             except FsError as e:
@@ -314,32 +318,29 @@ class ErofsFilesystem(Filesystem):
 
     @_clean_errors
     def read(self, ino: Ino, offset: int, size: int) -> bytes:
-        with self.lock:
-            inode = self.inode(ino)
-            if inode.is_dir:
-                raise IsADirectoryFsError(f"erofs inode nid {inode.nid}: is a directory")
-            if not inode.is_reg:
-                raise FsError(f"erofs inode nid {inode.nid}: not a regular file")
-            if offset < 0 or size < 0:
-                raise FsError(f"read at {offset} of {size} bytes")
-            return self._read_data(inode, offset, size)
+        inode = self.inode(ino)
+        if inode.is_dir:
+            raise IsADirectoryFsError(f"erofs inode nid {inode.nid}: is a directory")
+        if not inode.is_reg:
+            raise FsError(f"erofs inode nid {inode.nid}: not a regular file")
+        if offset < 0 or size < 0:
+            raise FsError(f"read at {offset} of {size} bytes")
+        return self._read_data(inode, offset, size)
 
     @_clean_errors
     def readlink(self, ino: Ino) -> bytes:
-        with self.lock:
-            inode = self.inode(ino)
-            if not inode.is_lnk:
-                raise NotASymlinkError(f"erofs inode nid {inode.nid}: not a symlink")
-            if inode.size > MAX_SYMLINK or inode.size == 0:
-                raise CorruptImageError(
-                    f"symlink of {inode.size} bytes", structure="erofs inode", nid=inode.nid
-                )
-            return self._read_meta(inode, 0, inode.size)
+        inode = self.inode(ino)
+        if not inode.is_lnk:
+            raise NotASymlinkError(f"erofs inode nid {inode.nid}: not a symlink")
+        if inode.size > MAX_SYMLINK or inode.size == 0:
+            raise CorruptImageError(
+                f"symlink of {inode.size} bytes", structure="erofs inode", nid=inode.nid
+            )
+        return self._read_meta(inode, 0, inode.size)
 
     def _xattrs(self, ino: Ino) -> list[tuple[bytes, bytes]]:
-        with self.lock:
-            inode = self.inode(ino)
-            return read_xattrs(self.image, self.sbi, inode, self.prefixes)
+        inode = self.inode(ino)
+        return read_xattrs(self.image, self.sbi, inode, self.prefixes)
 
     @_clean_errors
     def listxattr(self, ino: Ino) -> list[bytes]:
