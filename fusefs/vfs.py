@@ -21,13 +21,14 @@ Identifier spaces.  Three kinds of number name a file, and they meet here:
 from __future__ import annotations
 
 import abc
+import collections
 import mmap
 import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, NewType
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NewType, TypeVar
 
 from fusefs.errors import CorruptImageError, FsError, InvalidArgumentError, UnsupportedFeatureError
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from mmshim import Arena
 
 Ino = NewType("Ino", int)
+K = TypeVar("K")
+V = TypeVar("V")
 
 MmMode = Literal["mmu", "nommu-contig", "nommu-bounce"]
 Strategy = Literal["vmap", "bounce", "contig-folio", "percpu-buffer"]
@@ -141,6 +144,43 @@ class CacheCounters:
 
     hits: int = 0
     misses: int = 0
+
+
+class BoundedCache(Generic[K, V]):
+    """A bounded LRU cache owned by one open image, with hit/miss counters.
+
+    Its lock is a leaf: held only around the dictionary, never while the value
+    is computed, so callers may parse or read in between without blocking
+    other threads (two threads may then compute the same value; the last one
+    stored wins, which is harmless for immutable image data)."""
+
+    __slots__ = ("_data", "_lock", "capacity", "counters")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.counters = CacheCounters()
+        self._data: collections.OrderedDict[K, V] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is None:
+                self.counters.misses += 1
+                return None
+            self.counters.hits += 1
+            self._data.move_to_end(key)
+            return hit
+
+    def put(self, key: K, value: V) -> V:
+        with self._lock:
+            self._data[key] = value
+            if len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 class ImageBytes:

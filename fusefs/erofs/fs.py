@@ -17,10 +17,8 @@ inode 1 and passes every other Ino through unchanged.  The on-disk
 
 from __future__ import annotations
 
-import collections
 import functools
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -45,7 +43,7 @@ from fusefs.errors import (
 )
 from fusefs.vfs import (
     Attr,
-    CacheCounters,
+    BoundedCache,
     DirEntry,
     Filesystem,
     FsStat,
@@ -69,11 +67,16 @@ def _clean_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except FsError as e:
             err = e
-        err.__traceback__ = None
-        err.__context__ = err.__cause__ = None
-        raise err
+        raise _bare(err)
 
     return wrapper
+
+
+def _bare(err: FsError) -> FsError:
+    """``err`` without its traceback and context (see :func:`_clean_errors`)."""
+    err.__traceback__ = None
+    err.__context__ = err.__cause__ = None
+    return err
 
 
 INO_BIAS: Final = 2
@@ -93,19 +96,15 @@ class ErofsFilesystem(Filesystem):
     def __init__(self, image: ImageBytes, memory: MemoryConfig) -> None:
         super().__init__(image, memory)
         self.sbi: ErofsSuper = read_super(image)
-        self.inode_cache: collections.OrderedDict[int, tuple[ErofsInode, ZMap | None]] = (
-            collections.OrderedDict()
-        )
-        self.inode_counters = CacheCounters()
-        self.dir_cache: collections.OrderedDict[tuple[int, int], list[f.DirEntryRecord]] = (
-            collections.OrderedDict()
-        )
-        self.dir_counters = CacheCounters()
         # Metadata is parsed straight from the immutable image, so it needs no
-        # lock but this one around the two caches (a leaf: nothing else is
-        # taken while it is held).  ``self.lock`` serialises only the page
+        # lock beyond the caches' own; ``self.lock`` serialises only the page
         # cache and arena, so a lookup never waits behind a decompression.
-        self.cache_lock = threading.Lock()
+        self.inode_cache: BoundedCache[int, tuple[ErofsInode, ZMap | None]] = BoundedCache(
+            INODE_CACHE_SIZE
+        )
+        self.dir_cache: BoundedCache[tuple[int, int], list[f.DirEntryRecord]] = BoundedCache(
+            DIRBLOCK_CACHE_SIZE
+        )
         self._fragment_depth = 0
         self.reader = PageReader(image, self.sbi, memory)
         self.arena = self.reader.arena
@@ -138,20 +137,12 @@ class ErofsFilesystem(Filesystem):
         return self.ino_of(self.sbi.root_nid)
 
     def _load(self, nid: Nid) -> tuple[ErofsInode, ZMap | None]:
-        with self.cache_lock:
-            hit = self.inode_cache.get(nid)
-            if hit is not None:
-                self.inode_counters.hits += 1
-                self.inode_cache.move_to_end(nid)
-                return hit
-            self.inode_counters.misses += 1
+        hit = self.inode_cache.get(nid)
+        if hit is not None:
+            return hit
         inode = read_inode(self.image, self.sbi, nid)
         zmap = ZMap(self.image, self.sbi, inode) if inode.is_compressed else None
-        with self.cache_lock:
-            self.inode_cache[nid] = (inode, zmap)
-            if len(self.inode_cache) > INODE_CACHE_SIZE:
-                self.inode_cache.popitem(last=False)
-        return inode, zmap
+        return self.inode_cache.put(nid, (inode, zmap))
 
     def _inode(self, nid: Nid) -> ErofsInode:
         return self._load(nid)[0]
@@ -231,22 +222,14 @@ class ErofsFilesystem(Filesystem):
 
     def _dir_block(self, inode: ErofsInode, blk: int) -> list[f.DirEntryRecord]:
         key = (inode.nid, blk)
-        with self.cache_lock:
-            hit = self.dir_cache.get(key)
-            if hit is not None:
-                self.dir_counters.hits += 1
-                self.dir_cache.move_to_end(key)
-                return hit
-            self.dir_counters.misses += 1
+        hit = self.dir_cache.get(key)
+        if hit is not None:
+            return hit
         bs = self.sbi.block_size
         maxsize = block_maxsize(inode.size, bs, blk)
         data = self._read_meta(inode, blk * bs, maxsize)
         entries = f.unpack_dirent_block(data, maxsize, nid=inode.nid, offset=blk * bs)
-        with self.cache_lock:
-            self.dir_cache[key] = entries
-            if len(self.dir_cache) > DIRBLOCK_CACHE_SIZE:
-                self.dir_cache.popitem(last=False)
-        return entries
+        return self.dir_cache.put(key, entries)
 
     def _dir(self, ino: Ino) -> ErofsInode:
         inode = self.inode(ino)
@@ -312,9 +295,7 @@ class ErofsFilesystem(Filesystem):
                 err = e
                 break
             yield DirEntry(name=rec.name, ino=self.ino_of(rec.nid), type=t, offset=key)
-        err.__traceback__ = None
-        err.__context__ = err.__cause__ = None
-        raise err
+        raise _bare(err)
 
     @_clean_errors
     def read(self, ino: Ino, offset: int, size: int) -> bytes:
@@ -507,10 +488,10 @@ class ErofsFilesystem(Filesystem):
     def memory_stats(self) -> dict[str, int]:
         with self.lock:
             out = self.reader.stats()
-        out["inode_cache_hits"] = self.inode_counters.hits
-        out["inode_cache_misses"] = self.inode_counters.misses
-        out["dir_cache_hits"] = self.dir_counters.hits
-        out["dir_cache_misses"] = self.dir_counters.misses
+        out["inode_cache_hits"] = self.inode_cache.counters.hits
+        out["inode_cache_misses"] = self.inode_cache.counters.misses
+        out["dir_cache_hits"] = self.dir_cache.counters.hits
+        out["dir_cache_misses"] = self.dir_cache.counters.misses
         return out
 
     def close(self) -> None:
