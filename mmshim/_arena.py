@@ -292,6 +292,79 @@ class Arena:
                 self._notify()
             return head
 
+    def alloc_pages_bulk(self, nr: int, owner: Owner = Owner.OTHER) -> list[Page]:
+        """Allocate ``nr`` order-0 pages, each with refcount 1 (the kernel's ``alloc_pages_bulk``).
+
+        The pages are exactly those ``nr`` successive ``alloc_pages(0, owner)``
+        calls would return, in that order: the same lowest-address buddy
+        choices, and the shrinkers asked the same way whenever the free lists
+        run dry.  All or nothing: if a page cannot be had even after reclaim,
+        the pages already taken are freed again (last first) and
+        :class:`AllocError` is raised, as ``alloc_pages`` raises it.  One lock
+        acquisition.  ``stats.alloc_calls`` counts it as one call, as the
+        kernel's bulk allocator is one call; ``frames_peak``,
+        ``largest_alloc_order`` and ``alloc_failures`` count as the single
+        calls would, and observers are called after every page as they would
+        be.  Free them with :meth:`free_pages_bulk`.
+        """
+        if nr < 0:
+            raise ValueError(f"alloc_pages_bulk of {nr} pages")
+        with self._lock:
+            self._check_open()
+            self._alloc_calls += 1
+            if not nr:
+                return []
+            got, err = self._alloc_order0([owner] * nr)
+            if err is not None:
+                self._unwind_order0(got)
+                raise err
+            return got
+
+    def _alloc_order0(
+        self, owners: Sequence[Owner], *, count_each: bool = False
+    ) -> tuple[list[Page], AllocError | None]:
+        """``alloc_pages(0, owner)`` for each owner in turn.
+
+        ``alloc_calls`` counts one call per page tried with ``count_each``,
+        none without (the caller counts).
+
+        Returns the pages taken and, if it stopped short, the error the
+        failing single call would have raised (``alloc_failures`` counted):
+        the caller gives the pages back (:meth:`_unwind_order0`) or keeps
+        them.  The lock must be held.
+        """
+        if self._largest_alloc_order < 0:
+            self._largest_alloc_order = 0
+        got: list[Page] = []
+        for owner in owners:
+            if count_each:
+                self._alloc_calls += 1
+            pfn = self._buddy.alloc(0)
+            if pfn is None:
+                pfn = self._alloc_slowpath(0)
+            if pfn is None:
+                self._alloc_failures += 1
+                free = self._buddy.nr_free
+                err = AllocError(
+                    f"alloc_pages(order=0) for {owner}: no free block of "
+                    f"1 frames ({free} frames free, "
+                    f"largest free order {self._buddy.largest_free_order()})",
+                    order=0,
+                    frames_free=free,
+                )
+                return got, err
+            got.append(self._prep_new_folio(pfn, 0, owner))
+            if self._observers:
+                self._notify()
+        return got, None
+
+    def _unwind_order0(self, pages: list[Page]) -> None:
+        """Free freshly allocated order-0 pages again, last first (a failed bulk allocation)."""
+        for page in reversed(pages):
+            self._put(page)
+            if self._observers:
+                self._notify()
+
     def _alloc_slowpath(self, order: int) -> int | None:
         # Reclaim and retry while reclaim makes progress: frames freed one by
         # one need not form a block of the order wanted at the first round.
@@ -411,23 +484,41 @@ class Arena:
         """
         with self._lock:
             self._check_open()
-            self._own(page)
-            if page._flags & F_TAIL:
-                raise TailPageError(
-                    f"free_pages(pfn {page.pfn}): tail page of the order-{page.head._order} "
-                    f"folio at pfn {page.head.pfn} has refcount 0 "
-                    "(VM_BUG_ON_PAGE(page_ref_count(page) == 0))",
-                    pfn=page.pfn,
-                )
-            if page._flags & F_FREE or page.refcount <= 0:
-                raise BadPageStateError(f"free_pages(pfn {page.pfn}): double free", pfn=page.pfn)
-            if order is not None and order != page._order:
-                raise BadPageStateError(
-                    f"free_pages(pfn {page.pfn}, order={order}): folio has order {page._order}",
-                    pfn=page.pfn,
-                )
-            if self._put(page) and self._observers:
-                self._notify()
+            self._free_pages(page, order)
+
+    def _free_pages(self, page: Page, order: int | None) -> None:
+        self._own(page)
+        if page._flags & F_TAIL:
+            raise TailPageError(
+                f"free_pages(pfn {page.pfn}): tail page of the order-{page.head._order} "
+                f"folio at pfn {page.head.pfn} has refcount 0 "
+                "(VM_BUG_ON_PAGE(page_ref_count(page) == 0))",
+                pfn=page.pfn,
+            )
+        if page._flags & F_FREE or page.refcount <= 0:
+            raise BadPageStateError(f"free_pages(pfn {page.pfn}): double free", pfn=page.pfn)
+        if order is not None and order != page._order:
+            raise BadPageStateError(
+                f"free_pages(pfn {page.pfn}, order={order}): folio has order {page._order}",
+                pfn=page.pfn,
+            )
+        if self._put(page) and self._observers:
+            self._notify()
+
+    def free_pages_bulk(self, pages: Iterable[Page]) -> None:
+        """:meth:`free_pages` of each order-0 page, in order, under one lock.
+
+        The kernel's ``free_pages_bulk`` (``release_pages`` for pages that
+        are not in the page cache).  Every page gets ``free_pages``' checks
+        (a tail page raises :class:`TailPageError`; a free page, a page
+        listed once too often, a folio of order > 0, or one still locked or
+        vmapped raise :class:`BadPageStateError`); as with a loop of
+        ``free_pages``, the pages before the bad one are freed by then.
+        """
+        with self._lock:
+            self._check_open()
+            for page in pages:
+                self._free_pages(page, 0)
 
     def alloc_pages_exact(self, nr_pages: int, owner: Owner = Owner.OTHER) -> list[Page]:
         """Allocate ``nr_pages`` physically contiguous order-0 pages (``alloc_pages_exact``).
@@ -456,9 +547,7 @@ class Arena:
 
     def free_pages_exact(self, pages: Iterable[Page]) -> None:
         """Free pages from :meth:`alloc_pages_exact` (each with :meth:`free_pages`)."""
-        with self._lock:
-            for p in pages:
-                self.free_pages(p, 0)
+        self.free_pages_bulk(pages)
 
     def get_page(self, page: Page) -> None:
         """Take a reference; on a tail page it is a reference on its folio's head."""
@@ -546,6 +635,35 @@ class Arena:
             if self._page_lock_waiters:
                 self._page_lock_wait.notify_all()
 
+    def end_read(self, pages: Iterable[Page], success: bool) -> None:
+        """Finish reading pages in: mark each uptodate if ``success``, then unlock it.
+
+        The kernel's ``folio_end_read`` for each page, under one lock, waking
+        waiters once.  A free page or one that is not locked raises
+        :class:`BadPageStateError` as :meth:`unlock_page` does, before that
+        page changes; as with a loop of single calls, the pages before it
+        are done by then.
+        """
+        set_bits = F_UPTODATE if success else 0
+        with self._lock:
+            try:
+                for page in pages:
+                    head = page.head
+                    if (
+                        page._arena is not self
+                        or head._flags & F_FREE
+                        or head.refcount <= 0
+                        or not head._flags & F_LOCKED
+                    ):
+                        self._live_head(page, "end_read")  # raises if free
+                        raise BadPageStateError(
+                            f"end_read(pfn {page.pfn}): not locked", pfn=page.pfn
+                        )
+                    head._flags = (head._flags | set_bits) & ~F_LOCKED
+            finally:
+                if self._page_lock_waiters:
+                    self._page_lock_wait.notify_all()
+
     def wait_on_page_locked(self, page: Page) -> None:
         with self._lock:
             head = self._live_head(page, "wait_on_page_locked")
@@ -574,13 +692,31 @@ class Arena:
         a folio; raises ``ValueError`` if the pages are not consecutive frames.
         """
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()  # raises
+            if pages:
+                # One pass that only compares: consecutive, ours, live.
+                first: int = pages[0].pfn
+                pfn = first
+                for p in pages:
+                    head = p.head
+                    if (
+                        p.pfn != pfn
+                        or p._arena is not self
+                        or head._flags & F_FREE
+                        or head.refcount <= 0
+                    ):
+                        break
+                    pfn += 1
+                else:
+                    start = first * PAGE_SIZE
+                    return self._buf[start : start + len(pages) * PAGE_SIZE]
+            # Something is wrong: say what, as the checks one by one would.
             if not is_contiguous(pages) or pages[0]._arena is not self:
                 raise ValueError("contig_view of pages that are not consecutive frames")
             for p in pages:
                 self._live_head(p, "contig_view")
-            start = pages[0].pfn * PAGE_SIZE
-            return self._buf[start : start + len(pages) * PAGE_SIZE]
+            raise AssertionError("unreachable: contig_view's checks disagree")
 
     def folio_view(self, head: Page) -> memoryview:
         """A writable view of a whole folio, given its head (``folio_address``)."""

@@ -163,13 +163,23 @@ class PageCache:
         (:class:`~mmshim.AllocError`), the pages this call created are taken
         out of the cache again, the references it took are dropped, and the
         error is raised: the cache is as it was, bar LRU order and counters.
+
+        Each run of consecutive missing pages comes from one bulk allocation
+        (:meth:`~mmshim.Arena.alloc_pages_bulk`'s internals), which picks the
+        frames the single calls would have picked, in index order.  Reclaim
+        cannot tell the difference either: the pages of the run allocated so
+        far are locked and referenced, so unevictable, whether or not they
+        are in the LRU yet; and the page after the run is looked up only
+        once the run is allocated, so it may still be evicted by the run's
+        reclaim, as before.  (A missing page cannot appear meanwhile: reclaim
+        only removes.)  ``alloc_calls`` still counts one call per page, as
+        the kernel's readahead allocates folio by folio.
         """
         with self._lock:
             self._check_open()
             got: list[tuple[Page, bool]] = []
             try:
-                for i in range(start, start + nr):
-                    got.append(self._get_or_create(mapping_id, i))
+                self._get_or_create_into(got, mapping_id, start, start + nr)
             except BaseException:
                 for page, created in reversed(got):
                     page.head.refcount -= 1  # the caller's: the cache's own stays
@@ -178,6 +188,37 @@ class PageCache:
                         self._remove(self._lru[page.pfn])
                 raise
             return got
+
+    def _get_or_create_into(
+        self, got: list[tuple[Page, bool]], mapping_id: Hashable, i: int, end: int
+    ) -> None:
+        pages = self._pages
+        arena = self.arena
+        while i < end:
+            key = (mapping_id, i)
+            if key in pages:
+                page = self._lookup(key)
+                assert page is not None
+                got.append((page, False))
+                i += 1
+                continue
+            j = i + 1
+            while j < end and (mapping_id, j) not in pages:
+                j += 1
+            owners = [Owner.page_cache(mapping_id, k) for k in range(i, j)]
+            new, err = arena._alloc_order0(owners, count_each=True)
+            if err is not None:
+                self._misses += len(new) + 1
+                arena._unwind_order0(new)
+                raise err
+            self._misses += j - i
+            for k, page in enumerate(new, i):
+                page._flags |= F_LOCKED | F_LRU
+                pages[(mapping_id, k)] = page
+                self._insert(mapping_id, k, page)
+                page.refcount += 1  # the caller's; the allocation's is the cache's
+                got.append((page, True))
+            i = j
 
     def release_pages(self, pages: Iterable[Page]) -> None:
         """:meth:`release` of each page (the kernel's ``release_pages``)."""
