@@ -86,6 +86,23 @@ class _Buf:
         self.keep = keep
 
 
+_addressof: Final = ctypes.addressof
+_char_at: Final = ctypes.c_char.from_buffer
+_decompress_safe: Final = _lib.LZ4_decompress_safe
+_decompress_safe_partial: Final = _lib.LZ4_decompress_safe_partial
+
+
+def _src_arg(buf: bytes | bytearray | memoryview) -> bytes | int:
+    """``buf`` as an argument C can read: bytes as they are, a writable
+    buffer by its address, a read-only view copied once."""
+    if isinstance(buf, bytes):
+        return buf
+    mv = memoryview(buf)
+    if mv.readonly or not mv.nbytes:
+        return bytes(mv)
+    return _addressof(_char_at(mv))
+
+
 def decompress_into(
     src: bytes | bytearray | memoryview, dst: bytearray | memoryview, *, partial: bool
 ) -> int:
@@ -95,17 +112,23 @@ def decompress_into(
     (EROFS with 0PADDING, full extent).  ``partial=True``: stop once ``dst`` is
     full, ignoring the rest of the block (``LZ4_decompress_safe_partial``).
     Raises CorruptImageError (without a location: the caller adds it) on a
-    malformed block.
+    malformed block.  No wrapper object is built: the buffers are passed by
+    address (the caller keeps them alive for the call, as it does anyway).
     """
-    s = _Buf(src)
-    d = _Buf(dst, writable=True)
+    slen, dlen = len(src), len(dst)
+    if not dlen:
+        return 0
+    if isinstance(dst, memoryview) and dst.readonly:
+        raise TypeError("output buffer must be writable")
+    d = _addressof(_char_at(dst))
+    s = _src_arg(src)
     if partial:
-        n = _lib.LZ4_decompress_safe_partial(s.addr, d.addr, s.size, d.size, d.size)
+        n = _decompress_safe_partial(s, d, slen, dlen, dlen)
     else:
-        n = _lib.LZ4_decompress_safe(s.addr, d.addr, s.size, d.size)
-    if n < 0 or (not partial and n != d.size):
+        n = _decompress_safe(s, d, slen, dlen)
+    if n < 0 or (not partial and n != dlen):
         raise CorruptImageError(
-            f"lz4 block of {s.size} bytes does not decode to {d.size} bytes (liblz4 said {n})"
+            f"lz4 block of {slen} bytes does not decode to {dlen} bytes (liblz4 said {n})"
         )
     return int(n)
 

@@ -54,8 +54,9 @@ from fusefs.errors import (
     NotFoundError,
     OutOfMemoryError,
 )
+from fusefs.memory import ReadMemory
 from fusefs.vfs import Attr, DirEntry, Filesystem, FsStat, ImageBytes, Ino, MemoryConfig
-from mmshim import AllocError, Arena, MmshimError, Page, PageCache
+from mmshim import AllocError, Page
 from mmshim.flash import Flash
 
 _FLAG_NAMES = {
@@ -78,14 +79,6 @@ class _Node:
     order: list[RawEntry] | None = None
 
 
-@dataclass(slots=True)
-class ReadCounters:
-    bytes_decompressed: int = 0
-    copy_bytes: int = 0  # uncompressed blocks copied from flash into page-cache frames
-    flash_bytes_direct: int = 0  # read() served straight from flash (xip_read=direct)
-    blocks_read: int = 0
-
-
 class CramfsFilesystem(Filesystem):
     """A cramfs image (either byte order, boot pad, holes, extended pointers, XIP)."""
 
@@ -99,9 +92,10 @@ class CramfsFilesystem(Filesystem):
         self._root = Ino(self.si.root_offset)
         self._nodes: dict[int, _Node] = {}
         self._index()
-        self.counters = ReadCounters()
-        self.arena = Arena(memory.arena_bytes, memory.mm, name="cramfs-arena")
-        self.cache = PageCache(self.arena)
+        self.mem = ReadMemory(memory, fmt="cramfs")
+        self.arena = self.mem.arena
+        self.cache = self.mem.cache
+        self.counters = self.mem.counters
         self.flash = Flash(image.view[: self.limit])
         self._maps: dict[int, BlockMap] = {}
 
@@ -446,29 +440,13 @@ class CramfsFilesystem(Filesystem):
                     break
 
     def memory_stats(self) -> dict[str, int]:
-        """Arena occupancy and the read path's counters: ``bytes_decompressed``
-        (zlib output), ``copy_bytes`` (uncompressed blocks copied from flash into
-        page-cache frames) and ``flash_bytes_direct`` (``read()`` served from
-        flash with ``xip_read="direct"``, no frame)."""
-        st = self.arena.stats
-        cc = self.cache.counters
-        out = {
-            "frames_total": st.frames_total,
-            "frames_used": st.frames_used,
-            "frames_peak": st.frames_peak,
-            "page_cache_frames": st.frames_by_owner.get("page_cache", 0),
-            "alloc_failures": st.alloc_failures,
-            "evictions": st.evictions,
-            "vmap_calls": st.vmap_calls,
-            "bounce_bytes": st.bounce_bytes,
-            "cache_hits": cc.hits,
-            "cache_misses": cc.misses,
-            "bytes_decompressed": self.counters.bytes_decompressed,
-            "copy_bytes": self.counters.copy_bytes,
-            "flash_bytes_direct": self.counters.flash_bytes_direct,
-            "blocks_read": self.counters.blocks_read,
-        }
-        return out
+        """Arena occupancy and the read path's counters (:class:`fusefs.memory.ReadMemory`):
+        for cramfs ``bytes_decompressed`` is zlib output, ``copy_bytes`` the
+        uncompressed blocks copied from flash into page-cache frames and
+        ``flash_bytes_direct`` what ``read()`` served from flash with
+        ``xip_read="direct"``, with no frame."""
+        with self.lock:
+            return self.mem.stats()
 
     # -- mmap -------------------------------------------------------------------
 
@@ -482,10 +460,7 @@ class CramfsFilesystem(Filesystem):
     def close(self) -> None:
         """Close the image; FsError if mappings or page references were leaked."""
         try:
-            self.cache.close()
-            self.arena.close()
-        except MmshimError as e:
-            raise FsError(f"cramfs: closing the image: {e}") from e
+            self.mem.close()
         finally:
             self.flash.release()
             super().close()

@@ -18,19 +18,20 @@ inode 1 and passes every other Ino through unchanged.  The on-disk
 from __future__ import annotations
 
 import functools
+import itertools
 import stat
 from collections.abc import Callable, Iterator
 from typing import Any, Final, ParamSpec, TypeVar
 
 from fusefs.erofs import format as f
-from fusefs.erofs.data import Extent, map_blocks
+from fusefs.erofs.data import MAPPED, META, PARTIAL_REF, fill_plain, iter_maps, read_plain
 from fusefs.erofs.dir import block_maxsize, dir_nblocks, iter_entries
 from fusefs.erofs.format import Nid
 from fusefs.erofs.inode import ErofsInode, read_inode
 from fusefs.erofs.namei import find_entry
 from fusefs.erofs.super import ErofsSuper, read_super
 from fusefs.erofs.xattr import read_long_prefixes, read_xattrs
-from fusefs.erofs.zdata import PageReader
+from fusefs.erofs.zdata import ZData
 from fusefs.erofs.zmap import ZMap
 from fusefs.errors import (
     CorruptImageError,
@@ -41,6 +42,7 @@ from fusefs.errors import (
     NotASymlinkError,
     NotFoundError,
 )
+from fusefs.memory import ReadMemory, SequentialReads, filemap_read
 from fusefs.vfs import (
     Attr,
     BoundedCache,
@@ -51,6 +53,7 @@ from fusefs.vfs import (
     Ino,
     MemoryConfig,
 )
+from mmshim import PAGE_SIZE
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +83,7 @@ def _bare(err: FsError) -> FsError:
 
 
 INO_BIAS: Final = 2
+PS: Final = PAGE_SIZE
 INODE_CACHE_SIZE: Final = 8192
 DIRBLOCK_CACHE_SIZE: Final = 2048
 MAX_SYMLINK: Final = 65536
@@ -106,10 +110,17 @@ class ErofsFilesystem(Filesystem):
             DIRBLOCK_CACHE_SIZE
         )
         self._fragment_depth = 0
-        self.reader = PageReader(image, self.sbi, memory)
+        self.reader = ReadMemory(memory, fmt="erofs")
         self.arena = self.reader.arena
+        self.sequential = SequentialReads()
         try:
-            self.reader.read_fragment = self._read_fragment
+            self.zdata = ZData(
+                self.reader, image, self.sbi, memory.decompress, self._read_fragment
+            )
+        except BaseException:
+            self.reader.close()
+            raise
+        try:
             root = self._inode(Nid(self.sbi.root_nid))
             if not root.is_dir:
                 raise CorruptImageError(
@@ -119,7 +130,7 @@ class ErofsFilesystem(Filesystem):
                 )
             self.prefixes = read_long_prefixes(image, self.sbi, self._read_fragment)
         except BaseException:
-            self.reader.close()
+            self._close_memory()
             raise
 
     # -- identifiers and caches ----------------------------------------------------
@@ -156,15 +167,29 @@ class ErofsFilesystem(Filesystem):
 
     # -- data --------------------------------------------------------------------
 
-    def _mapper(self, inode: ErofsInode) -> Callable[[int], Extent]:
-        return lambda la: map_blocks(self.image, self.sbi, inode, la)
-
     def _read_data(self, inode: ErofsInode, offset: int, size: int) -> bytes:
         inode, zmap = self._load(inode.nid)
+        end = min(offset + size, inode.size)
+        if offset >= end:
+            return b""
+        nid = inode.nid
+        image, sbi = self.image, self.sbi
         with self.lock:
+            sequential = self.sequential.note(nid, offset, end)
+            p_end = (end - 1) // PS + 1
             if zmap is None:
-                return self.reader.read(inode, offset, size, self._mapper(inode), None)
-            return self.reader.read(inode, offset, size, None, zmap)
+                return filemap_read(
+                    self.reader,
+                    nid,
+                    offset,
+                    end,
+                    lambda p: fill_plain(self.reader, image, sbi, inode, p, p_end),
+                )
+            zdata = self.zdata
+            limit = None if sequential else p_end
+            return filemap_read(
+                self.reader, nid, offset, end, lambda p: zdata.fill(inode, zmap, p, limit)
+            )
 
     def _read_meta(self, inode: ErofsInode, offset: int, size: int) -> bytes:
         """Directory and symlink bytes: straight from the image for
@@ -172,24 +197,7 @@ class ErofsFilesystem(Filesystem):
         page cache."""
         if inode.is_compressed:
             return self._read_data(inode, offset, size)
-        end = min(offset + size, inode.size)
-        out = bytearray()
-        pos = offset
-        while pos < end:
-            ext = map_blocks(self.image, self.sbi, inode, pos)
-            stop = min(ext.la + ext.llen, end)
-            if stop <= pos:
-                raise CorruptImageError(
-                    f"empty extent at {pos}", structure="erofs map", nid=inode.nid
-                )
-            if ext.pa is None:
-                out += bytes(stop - pos)
-            else:
-                out += self.image.slice(
-                    ext.pa + pos - ext.la, stop - pos, structure="erofs data", nid=inode.nid
-                )
-            pos = stop
-        return bytes(out)
+        return read_plain(self.image, self.sbi, inode, offset, size)
 
     def _read_fragment(self, off: int, size: int) -> bytes:
         """Bytes of the packed inode (fragments, long xattr prefixes)."""
@@ -404,18 +412,20 @@ class ErofsFilesystem(Filesystem):
             if zmap is not None:
                 out["advise"] = f"{zmap.advise:#x}"
                 out["lclusterbits"] = zmap.lclusterbits
-                for e in zmap.extents()[:1000]:
-                    extents.append({
-                        "la": e.la, "llen": e.llen, "pa": e.pa, "plen": e.plen,
-                        "kind": e.kind.value, "format": f.ALGORITHM_NAMES.get(e.fmt, "plain"),
-                        "partial": e.partial,
-                    })  # fmt: skip
-            elif inode.is_reg or inode.is_dir or inode.is_lnk:
-                la = 0
-                while la < inode.size and len(extents) < 1000:
-                    x = map_blocks(self.image, self.sbi, inode, la)
-                    extents.append({"la": x.la, "llen": x.llen, "pa": x.pa, "inline": x.inline})
-                    la = x.la + x.llen
+            if inode.is_reg or inode.is_dir or inode.is_lnk:
+                for m in itertools.islice(iter_maps(self.image, self.sbi, inode, zmap), 1000):
+                    if zmap is not None:
+                        fmt = f.ALGORITHM_NAMES.get(m.algorithm, "plain")
+                        extents.append({
+                            "la": m.la, "llen": m.llen, "pa": m.pa, "plen": m.plen,
+                            "kind": m.kind, "format": fmt,
+                            "partial": bool(m.flags & PARTIAL_REF),
+                        })  # fmt: skip
+                    else:
+                        pa = m.pa if m.flags & MAPPED else None
+                        extents.append(
+                            {"la": m.la, "llen": m.llen, "pa": pa, "inline": bool(m.flags & META)}
+                        )
             out["extents"] = extents
             return out
 
@@ -494,10 +504,16 @@ class ErofsFilesystem(Filesystem):
         out["dir_cache_misses"] = self.dir_cache.counters.misses
         return out
 
+    def _close_memory(self) -> None:
+        try:
+            self.zdata.close()
+        finally:
+            self.reader.close()
+
     def close(self) -> None:
         with self.lock:
             try:
-                self.reader.close()
+                self._close_memory()
             finally:
                 super().close()
 

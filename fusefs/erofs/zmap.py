@@ -2,16 +2,17 @@
 pclusters (CBLKCNT), ztailpacking, fragments, dedupe's partial references
 (after the kernel's ``fs/erofs/zmap.c``).
 
-:meth:`ZMap.map` returns the *whole* extent holding a logical offset —
-where its pcluster is and how many bytes it decodes to — because the reader
-decodes each pcluster once, completely, into the page cache."""
+:meth:`ZMap.map` returns the *whole* extent holding a logical offset as a
+:class:`~fusefs.erofs.data.Map` — where its pcluster is and how many bytes
+it decodes to — because the reader decodes each pcluster once, completely,
+into the page cache."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from fusefs.erofs import format as f
+from fusefs.erofs.data import ENCODED, FRAGMENT, MAPPED, META, PARTIAL_REF, Map
 from fusefs.erofs.inode import ErofsInode
 from fusefs.erofs.super import ErofsSuper
 from fusefs.errors import CorruptImageError, UnsupportedFeatureError
@@ -20,29 +21,16 @@ from fusefs.vfs import ImageBytes
 _STRUCT = "erofs compressed index"
 
 
-class ZKind(enum.Enum):
-    ENCODED = "encoded"  # a pcluster in data blocks
-    INLINE = "inline"  # ztailpacking: the pcluster is inline in the inode's metadata
-    FRAGMENT = "fragment"  # the bytes live in the packed inode at fragmentoff
+@dataclass(slots=True)
+class _Pack:
+    """One compact pack: where it is, its first lcluster, its fields, and the
+    lclusters decoded from it so far."""
 
-
-@dataclass(frozen=True, slots=True)
-class ZExtent:
-    """Logical ``[la, la + llen)`` produced by one pcluster ``[pa, pa + plen)``."""
-
-    la: int
-    llen: int
-    pa: int
-    plen: int
-    fmt: int  # Z_EROFS_COMPRESSION_* (SHIFTED/INTERLACED for uncompressed pclusters)
-    kind: ZKind
-    partial: bool  # the pcluster decodes to more than llen (dedupe's PARTIAL_REF)
-    fragmentoff: int = 0
-    head_lcn: int = 0
-
-    @property
-    def end(self) -> int:
-        return self.la + self.llen
+    start: int
+    first: int
+    entries: list[f.CompactEntry]
+    base: int
+    decoded: list[f.DecodedLcluster | None]
 
 
 class ZMap:
@@ -67,7 +55,8 @@ class ZMap:
         self.idata_size = 0
         self.idataoff = 0
         self.tail_head_lcn = -1
-        self._pack_memo: tuple[int, list[f.CompactEntry], int] | None = None
+        self._pack_memo: _Pack | None = None
+        self._last: Map | None = None  # the extent mapped last (reads ask again and again)
         if self.whole_fragment:
             if not sbi.has(f.EROFS_FEATURE_INCOMPAT_FRAGMENTS):
                 raise self._bad("whole-file fragment without the fragments feature")
@@ -143,39 +132,55 @@ class ZMap:
         return f.full_index_pos(self.header_pos, lcn) + f.LclusterIndex.SIZE
 
     def load(self, lcn: int) -> f.DecodedLcluster:
-        """The index of lcluster ``lcn``, decoded."""
+        """The index of lcluster ``lcn``, decoded.  The lclusters of the
+        compact pack visited last are kept decoded: a sequential read asks
+        for each of them several times."""
         if lcn < 0 or lcn >= self.total:
             raise self._bad(f"lcluster {lcn} outside 0..{self.total - 1}")
+        memo = self._pack_memo
+        if memo is not None and memo.first <= lcn < memo.first + len(memo.decoded):
+            hit = memo.decoded[lcn - memo.first]
+            if hit is not None:
+                return hit
         try:
             if self.layout is None:
                 pos = f.full_index_pos(self.header_pos, lcn)
                 raw = self.image.slice(pos, f.LclusterIndex.SIZE, structure=_STRUCT, nid=self.nid)
                 big = self.big1 or self.big2
                 d = f.decode_full_index(f.LclusterIndex.unpack_from(raw), self.lclusterbits, big)
+                memo = None
             else:
-                pos, amort = self.layout.position(lcn)
-                geo = f.pack_geometry(amort, self.lclusterbits)
-                if geo is None:
-                    raise UnsupportedFeatureError(
-                        f"erofs inode nid {self.nid}: {amort}B compact indexes "
-                        f"with lcluster bits {self.lclusterbits}"
-                    )
-                start = pos - pos % geo.pack_size
-                memo = self._pack_memo
-                if memo is not None and memo[0] == start:
-                    entries, base = memo[1], memo[2]
-                else:
-                    raw = self.image.slice(start, geo.pack_size, structure=_STRUCT, nid=self.nid)
-                    entries, base = f.decode_compact_pack(raw, geo)
-                    self._pack_memo = (start, entries, base)
-                d = f.decode_compact_entry(
-                    entries, base, (pos - start) // amort, self.lclusterbits, self.big1
-                )
+                memo = self._compact_pack(lcn)
+                i = lcn - memo.first
+                # decoded on demand: fields past the last lcluster may be garbage
+                d = f.decode_compact_entry(memo.entries, memo.base, i, self.lclusterbits, self.big1)
         except ValueError as e:
             raise self._bad(f"lcluster {lcn}: {e}") from None
         if d.type != f.Z_EROFS_LCLUSTER_TYPE_NONHEAD and d.clusterofs >= self.lcsize:
             raise self._bad(f"lcluster {lcn}: clusterofs {d.clusterofs} >= lcluster size")
+        if memo is not None:
+            memo.decoded[lcn - memo.first] = d
         return d
+
+    def _compact_pack(self, lcn: int) -> _Pack:
+        """The compact pack holding lcluster ``lcn``'s index, its fields read."""
+        assert self.layout is not None
+        pos, amort = self.layout.position(lcn)
+        geo = f.pack_geometry(amort, self.lclusterbits)
+        if geo is None:
+            raise UnsupportedFeatureError(
+                f"erofs inode nid {self.nid}: {amort}B compact indexes "
+                f"with lcluster bits {self.lclusterbits}"
+            )
+        start = pos - pos % geo.pack_size
+        memo = self._pack_memo
+        if memo is not None and memo.start == start:
+            return memo
+        raw = self.image.slice(start, geo.pack_size, structure=_STRUCT, nid=self.nid)
+        entries, base = f.decode_compact_pack(raw, geo)
+        first = lcn - (pos - start) // amort
+        memo = self._pack_memo = _Pack(start, first, entries, base, [None] * len(entries))
+        return memo
 
     def _lookback(self, lcn: int, distance: int) -> tuple[f.DecodedLcluster, int]:
         # every step goes strictly back, so the walk ends
@@ -238,21 +243,21 @@ class ZMap:
 
     # -- the mapper --------------------------------------------------------------
 
-    def map(self, la: int) -> ZExtent:
+    def map(self, la: int) -> Map:
         """The whole extent holding logical byte ``la`` (``0 <= la < i_size``)."""
+        last = self._last
+        if last is not None and last.la <= la < last.la + last.llen:
+            return last
         if la < 0 or la >= self.size:
             raise self._bad(f"offset {la} outside the {self.size}-byte file")
         if self.whole_fragment:
-            return ZExtent(
-                0,
-                self.size,
-                0,
-                0,
-                f.Z_EROFS_COMPRESSION_SHIFTED,
-                ZKind.FRAGMENT,
-                True,
-                self.fragmentoff,
-            )
+            m = Map(0, self.size, 0, 0, FRAGMENT | PARTIAL_REF, fragmentoff=self.fragmentoff)
+        else:
+            m = self._map(la)
+        self._last = m
+        return m
+
+    def _map(self, la: int) -> Map:
         head, hlcn, m_la = self._locate(la)
         end = self._extent_end(hlcn, m_la)
         if end <= la or m_la > la:
@@ -276,17 +281,16 @@ class ZMap:
             if pa % bs + plen > bs:
                 raise self._bad(f"inline pcluster of {plen} bytes crosses a block", offset=pa)
             self.image.check(pa, plen, structure="erofs inline pcluster", nid=self.nid)
-            kind = ZKind.INLINE
+            flags = MAPPED | META | ENCODED
         elif hlcn == self.tail_head_lcn and self.advise & f.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER:
-            return ZExtent(m_la, llen, 0, 0, f.Z_EROFS_COMPRESSION_SHIFTED, ZKind.FRAGMENT, True,
-                           self.fragmentoff, hlcn)  # fmt: skip
+            return Map(m_la, llen, 0, 0, FRAGMENT | PARTIAL_REF, fragmentoff=self.fragmentoff)
         else:
             pa = head.blkaddr * bs
             plen = self._compressed_blocks(head, hlcn) * bs
             if plen > f.Z_EROFS_PCLUSTER_MAX_SIZE:
                 raise self._bad(f"pcluster of {plen} bytes exceeds 1 MiB")
             self.image.check(pa, plen, structure="erofs pcluster", nid=self.nid)
-            kind = ZKind.ENCODED
+            flags = MAPPED | ENCODED
         if fmt >= f.Z_EROFS_COMPRESSION_MAX and llen > plen:
             raise self._bad(
                 f"uncompressed extent of {llen} bytes longer than its {plen}-byte pcluster"
@@ -295,11 +299,13 @@ class ZMap:
             raise UnsupportedFeatureError(
                 f"erofs inode nid {self.nid}: extent of {llen} bytes exceeds 12 MiB"
             )
-        return ZExtent(m_la, llen, pa, plen, fmt, kind, head.partial_ref, 0, hlcn)
+        if head.partial_ref:
+            flags |= PARTIAL_REF
+        return Map(m_la, llen, pa, plen, flags, fmt)
 
-    def extents(self) -> list[ZExtent]:
-        """Every extent of the file, in order (``inspect --inode``, fsck)."""
-        out: list[ZExtent] = []
+    def extents(self) -> list[Map]:
+        """Every extent of the file, in order (fsck)."""
+        out: list[Map] = []
         la = 0
         while la < self.size:
             e = self.map(la)
@@ -321,7 +327,7 @@ class ZMap:
                 break
             while i < len(extents) and extents[i].end <= la:
                 i += 1
-            e = self.map(la)
+            e = self._map(la)  # not the memo: every lcluster's own index is checked
             if i >= len(extents) or (e.la, e.llen, e.pa) != (
                 extents[i].la,
                 extents[i].llen,
