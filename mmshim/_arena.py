@@ -20,6 +20,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from heapq import heappop
 from typing import Final, Literal, get_args
 
 from mmshim import _vmap
@@ -71,6 +72,7 @@ _OWNER_KINDS: Final = tuple(OwnerKind)
 _SLOT: Final = {id(k): i for i, k in enumerate(_OWNER_KINDS)}
 _FREE_SLOT: Final = _SLOT[id(OwnerKind.FREE)]
 _KIND_VALUES: Final[tuple[str, ...]] = tuple(k.value for k in _OWNER_KINDS)
+_OWNER_FREE: Final = Owner.FREE
 
 
 def is_contiguous(pages: Sequence[Page]) -> bool:
@@ -272,6 +274,11 @@ class Arena:
         with self._lock:
             self._check_open()
             self._alloc_calls += 1
+            if not order:
+                got, err = self._alloc_order0((owner,))
+                if err is not None:
+                    raise err
+                return got[0]
             if order > self._largest_alloc_order:
                 self._largest_alloc_order = order
             pfn = self._buddy.alloc(order) if order <= MAX_ORDER else None
@@ -323,7 +330,7 @@ class Arena:
     def _alloc_order0(
         self, owners: Sequence[Owner], *, count_each: bool = False
     ) -> tuple[list[Page], AllocError | None]:
-        """``alloc_pages(0, owner)`` for each owner in turn.
+        """``alloc_pages(0, owner)`` for each owner in turn; all owners of one kind.
 
         ``alloc_calls`` counts one call per page tried with ``count_each``,
         none without (the caller counts).
@@ -332,31 +339,80 @@ class Arena:
         failing single call would have raised (``alloc_failures`` counted):
         the caller gives the pages back (:meth:`_unwind_order0`) or keeps
         them.  The lock must be held.
+
+        This is ``alloc_pages(0)`` and ``_prep_new_folio`` inline: while an
+        order-0 block is free, the buddy allocator would take the lowest of
+        them (its heap's first live entry), so that is taken here directly;
+        otherwise the buddy allocator splits a larger block, or reclaim runs,
+        exactly as for a single call.
         """
         if self._largest_alloc_order < 0:
             self._largest_alloc_order = 0
         got: list[Page] = []
+        if not owners:
+            return got, None
+        buddy = self._buddy
+        free0, heap0 = buddy._free[0], buddy._heaps[0]
+        pages = self._pages
+        slot = _SLOT[id(owners[0].kind)]
+        notify = bool(self._observers)
+        taken = 0  # since the occupancy counters were last brought up to date
         for owner in owners:
             if count_each:
                 self._alloc_calls += 1
-            pfn = self._buddy.alloc(0)
-            if pfn is None:
-                pfn = self._alloc_slowpath(0)
-            if pfn is None:
-                self._alloc_failures += 1
-                free = self._buddy.nr_free
-                err = AllocError(
-                    f"alloc_pages(order=0) for {owner}: no free block of "
-                    f"1 frames ({free} frames free, "
-                    f"largest free order {self._buddy.largest_free_order()})",
-                    order=0,
-                    frames_free=free,
-                )
-                return got, err
-            got.append(self._prep_new_folio(pfn, 0, owner))
-            if self._observers:
+            if free0:
+                while True:  # BuddyAllocator.alloc(0) when an order-0 block is free
+                    pfn = heappop(heap0)
+                    if pfn in free0:
+                        free0.remove(pfn)
+                        break
+                buddy.nr_free -= 1
+                head = pages[pfn]
+            else:
+                self._account_order0(taken, slot)
+                taken = 0
+                got_pfn = buddy.alloc(0) if buddy.nr_free else None
+                if got_pfn is None:
+                    got_pfn = self._alloc_slowpath(0)
+                if got_pfn is None:
+                    self._alloc_failures += 1
+                    free = buddy.nr_free
+                    err = AllocError(
+                        f"alloc_pages(order=0) for {owner}: no free block of "
+                        f"1 frames ({free} frames free, "
+                        f"largest free order {buddy.largest_free_order()})",
+                        order=0,
+                        frames_free=free,
+                    )
+                    return got, err
+                head = pages[got_pfn]
+                # The buddy allocator split a larger block: mark the halves it gave back.
+                for k in range(head._order):
+                    pages[got_pfn + (1 << k)]._order = k
+                head._order = 0
+            if head._flags != F_FREE or head.refcount or head.mapcount:
+                raise AssertionError(f"buddy allocator handed out {head!r}")
+            head._flags = 0
+            head.owner = owner
+            head.refcount = 1
+            got.append(head)
+            taken += 1
+            if notify:
+                self._account_order0(taken, slot)
+                taken = 0
                 self._notify()
+        self._account_order0(taken, slot)
         return got, None
+
+    def _account_order0(self, nr: int, slot: int) -> None:
+        """Move ``nr`` frames just allocated from the free count to ``slot``; update the peak."""
+        if nr:
+            owner_frames = self._owner_frames
+            owner_frames[_FREE_SLOT] -= nr
+            owner_frames[slot] += nr
+        used = self.nr_pages - self._buddy.nr_free
+        if used > self._frames_peak:
+            self._frames_peak = used
 
     def _unwind_order0(self, pages: list[Page]) -> None:
         """Free freshly allocated order-0 pages again, last first (a failed bulk allocation)."""
@@ -429,19 +485,25 @@ class Arena:
 
     def _free_folio(self, head: Page) -> None:
         order = head._order
-        nr = 1 << order
-        free_owner = Owner.FREE
-        if order:
-            for p in self._pages[head.pfn : head.pfn + nr]:
-                p._flags = F_FREE
-                p.refcount = 0
-                p._order = 0
-                p.head = p
-                p.owner = free_owner
-        else:
+        if not order:
             head._flags = F_FREE
             head.refcount = 0
-            head.owner = free_owner
+            head.owner = _OWNER_FREE
+            self._owner_frames[_FREE_SLOT] += 1
+            merged_pfn, merged_order, merged = self._buddy.free0(head.pfn)
+            if merged is not None:
+                pages = self._pages
+                for pfn, _ in merged:
+                    pages[pfn]._order = 0
+                pages[merged_pfn]._order = merged_order
+            return
+        nr = 1 << order
+        for p in self._pages[head.pfn : head.pfn + nr]:
+            p._flags = F_FREE
+            p.refcount = 0
+            p._order = 0
+            p.head = p
+            p.owner = _OWNER_FREE
         self._owner_frames[_FREE_SLOT] += nr
         merged_pfn, merged_order, absorbed = self._buddy.free(head.pfn, order)
         pages = self._pages
@@ -518,7 +580,15 @@ class Arena:
         with self._lock:
             self._check_open()
             for page in pages:
-                self._free_pages(page, 0)
+                if (
+                    page._arena is not self
+                    or page._flags & (F_TAIL | F_FREE)
+                    or page.refcount <= 0
+                    or page._order
+                ):
+                    self._free_pages(page, 0)  # raises, as free_pages would
+                elif self._put(page) and self._observers:
+                    self._notify()
 
     def alloc_pages_exact(self, nr_pages: int, owner: Owner = Owner.OTHER) -> list[Page]:
         """Allocate ``nr_pages`` physically contiguous order-0 pages (``alloc_pages_exact``).

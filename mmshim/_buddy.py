@@ -66,6 +66,26 @@ class BuddyAllocator:
         self.nr_free -= 1 << order
         return pfn
 
+    def free0(self, pfn: int) -> tuple[int, int, list[tuple[int, int]] | None]:
+        """:meth:`free` of an order-0 block, without the checks an order-0 block cannot fail.
+
+        Returns the same, except that no merge gives ``None`` for the
+        absorbed blocks (the common case when the arena is full).
+        """
+        self.nr_free += 1
+        free_lists = self._free
+        buddy = pfn ^ 1
+        free = free_lists[0]
+        if buddy not in free or not self.max_order:
+            free.add(pfn)
+            heap = self._heaps[0]
+            heapq.heappush(heap, pfn)
+            if len(heap) > 2 * len(free) + 64:
+                heap[:] = sorted(free)
+            return pfn, 0, None
+        self.nr_free -= 1
+        return self.free(pfn, 0)
+
     def free(self, pfn: int, order: int) -> tuple[int, int, list[tuple[int, int]]]:
         """Give a block back, merging with free buddies.
 

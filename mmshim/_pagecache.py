@@ -150,8 +150,28 @@ class PageCache:
         """:meth:`find` of ``start .. start + nr - 1``: a page with a reference, or None, each."""
         with self._lock:
             self._check_open()
-            lookup = self._lookup
-            return [lookup((mapping_id, i)) for i in range(start, start + nr)]
+            # _lookup inline
+            get = self._pages.get
+            move_to_end = self._lru.move_to_end
+            found: list[Page | None] = []
+            hits = misses = 0
+            try:
+                for i in range(start, start + nr):
+                    page = get((mapping_id, i))
+                    if page is None:
+                        misses += 1
+                    else:
+                        hits += 1
+                        head = page.head
+                        if head._flags & F_FREE or head.refcount <= 0:
+                            self.arena.get_page(page)  # raises, naming the page
+                        head.refcount += 1
+                        move_to_end(head.pfn)
+                    found.append(page)
+            finally:
+                self._hits += hits
+                self._misses += misses
+            return found
 
     def get_or_create_range(
         self, mapping_id: Hashable, start: int, nr: int
@@ -192,40 +212,60 @@ class PageCache:
     def _get_or_create_into(
         self, got: list[tuple[Page, bool]], mapping_id: Hashable, i: int, end: int
     ) -> None:
+        # _lookup and _insert inline: this is the read path's per-page loop.
         pages = self._pages
+        lru = self._lru
         arena = self.arena
+        file = self._files.get(mapping_id)
         while i < end:
-            key = (mapping_id, i)
-            if key in pages:
-                page = self._lookup(key)
-                assert page is not None
+            page = pages.get((mapping_id, i))
+            if page is not None:
+                self._hits += 1
+                head = page.head
+                if head._flags & F_FREE or head.refcount <= 0:
+                    arena.get_page(page)  # raises, naming the page
+                head.refcount += 1
+                lru.move_to_end(head.pfn)
                 got.append((page, False))
                 i += 1
                 continue
             j = i + 1
             while j < end and (mapping_id, j) not in pages:
                 j += 1
-            owners = [Owner.page_cache(mapping_id, k) for k in range(i, j)]
-            new, err = arena._alloc_order0(owners, count_each=True)
+            new, err = arena._alloc_order0(
+                [Owner.page_cache(mapping_id, k) for k in range(i, j)], count_each=True
+            )
             if err is not None:
                 self._misses += len(new) + 1
                 arena._unwind_order0(new)
                 raise err
             self._misses += j - i
+            if file is None or mapping_id not in self._files:  # reclaim may have dropped it
+                file = self._files.get(mapping_id)
+                if file is None:
+                    file = self._files[mapping_id] = {}
             for k, page in enumerate(new, i):
-                page._flags |= F_LOCKED | F_LRU
+                page._flags = F_LOCKED | F_LRU
+                page.refcount = 2  # the allocation's is the cache's; the caller's
                 pages[(mapping_id, k)] = page
-                self._insert(mapping_id, k, page)
-                page.refcount += 1  # the caller's; the allocation's is the cache's
+                entry = _Entry(mapping_id, k, page)
+                lru[page.pfn] = entry
+                file[page.pfn] = entry
                 got.append((page, True))
             i = j
 
     def release_pages(self, pages: Iterable[Page]) -> None:
         """:meth:`release` of each page (the kernel's ``release_pages``)."""
-        put = self.arena.put_page
+        arena = self.arena
         with self._lock:
-            for page in pages:
-                put(page)
+            for page in pages:  # put_page inline
+                head = page.head
+                if page._arena is not arena or head._flags & F_FREE or head.refcount <= 0:
+                    arena._live_head(page, "put_page")  # raises
+                if head.refcount > 1:
+                    head.refcount -= 1
+                elif arena._put(head) and arena._observers:
+                    arena._notify()
 
     def add_folio(self, mapping_id: Hashable, index: int, head: Page) -> None:
         """Insert a folio covering ``index .. index + 2**order - 1`` (the cache takes a reference).

@@ -44,7 +44,7 @@ def cache_state(cache: PageCache) -> object:
         cache.counters,
         [(k, p.pfn) for k, p in cache._pages.items()],
         list(cache._lru),
-        {f: list(d) for f, d in cache._files.items()},
+        [(f, list(d)) for f, d in cache._files.items()],
     )
 
 
