@@ -282,6 +282,14 @@ class Filesystem(abc.ABC):
     @abc.abstractmethod
     def readlink(self, ino: Ino) -> bytes: ...
 
+    def meta_reads_data(self, ino: Ino) -> bool:
+        """True when ``lookup`` in directory ``ino`` (or ``readlink`` of it)
+        may read its bytes through the page cache, and so wait behind a
+        decompression (an EROFS compressed directory or symlink); the FUSE
+        adapter then answers from a worker thread, never on its event loop.
+        False for formats whose metadata is parsed from the image alone."""
+        return False
+
     @abc.abstractmethod
     def listxattr(self, ino: Ino) -> list[bytes]: ...
 

@@ -327,6 +327,12 @@ class ErofsFilesystem(Filesystem):
             )
         return self._read_meta(inode, 0, inode.size)
 
+    def meta_reads_data(self, ino: Ino) -> bool:
+        try:
+            return self.inode(ino).is_compressed
+        except FsError:
+            return False  # the caller's own call reports it
+
     def _xattrs(self, ino: Ino) -> list[tuple[bytes, bytes]]:
         inode = self.inode(ino)
         return read_xattrs(self.image, self.sbi, inode, self.prefixes)

@@ -89,7 +89,7 @@ class ZData:
         pos = lo
         while pos < hi:
             m = zmap.map(pos)
-            if not _covers(have, max(m.la, lo), min(m.end, hi)):
+            if not have or not _covers(have, max(m.la, lo), min(m.end, hi)):
                 maps.append(m)
             pos = m.end
         if not maps:

@@ -142,6 +142,8 @@ class ZMap:
             hit = memo.decoded[lcn - memo.first]
             if hit is not None:
                 return hit
+        else:
+            memo = None
         try:
             if self.layout is None:
                 pos = f.full_index_pos(self.header_pos, lcn)
@@ -150,7 +152,8 @@ class ZMap:
                 d = f.decode_full_index(f.LclusterIndex.unpack_from(raw), self.lclusterbits, big)
                 memo = None
             else:
-                memo = self._compact_pack(lcn)
+                if memo is None:
+                    memo = self._compact_pack(lcn)
                 i = lcn - memo.first
                 # decoded on demand: fields past the last lcluster may be garbage
                 d = f.decode_compact_entry(memo.entries, memo.base, i, self.lclusterbits, self.big1)

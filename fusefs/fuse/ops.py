@@ -17,9 +17,9 @@ that a test (and ``-v`` logging) can see they balance.
 Threads.  Decompression (``read``) and directory listing run in worker
 threads (``trio.to_thread.run_sync`` under one CapacityLimiter) so that one
 slow request does not stall the others; metadata that is a bounded read of
-the mapped image stays on the event loop, and so do reads of a few pages
-(``SMALL_READ``): the hop to a thread and back costs more than they do
-(measured: random 4 KiB reads about 1.3x faster on the event loop).  Every handler replies exactly
+the mapped image stays on the event loop, unless the format says it reads
+through the page cache (``Filesystem.meta_reads_data``: an EROFS compressed
+directory or symlink), where it could wait behind a decompression.  Every handler replies exactly
 once: an :class:`~fusefs.errors.FsError` becomes ``FUSEError(its errno)``,
 anything else is logged with its traceback and answered with EIO.
 """
@@ -135,7 +135,11 @@ class NommuOperations(pyfuse3.Operations):
                     return None
                 raise
 
-        attr = self._call(f"lookup {parent_inode}/{bytes(name)[:64]!r}", find)
+        what = f"lookup {parent_inode}/{bytes(name)[:64]!r}"
+        if self.fs.meta_reads_data(parent):
+            attr = await self._in_thread(what, find)
+        else:
+            attr = self._call(what, find)
         if attr is None:
             # a negative entry, cached by the kernel for entry_timeout
             neg = pyfuse3.EntryAttributes()
@@ -162,7 +166,10 @@ class NommuOperations(pyfuse3.Operations):
         return self._entry(self._call(f"getattr {inode}", self.fs.getattr, self._ino(inode)))
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
-        return self._call(f"readlink {inode}", self.fs.readlink, self._ino(inode))
+        ino = self._ino(inode)
+        if self.fs.meta_reads_data(ino):
+            return await self._in_thread(f"readlink {inode}", self.fs.readlink, ino)
+        return self._call(f"readlink {inode}", self.fs.readlink, ino)
 
     async def access(
         self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,61 @@ def test_errors_map_to_errno(fs: Filesystem) -> None:
     with pytest.raises(pyfuse3.FUSEError) as info:
         run(ops.open, f, 1, None)  # O_WRONLY
     assert info.value.errno == errno.EROFS
+
+
+def test_lookup_that_reads_data_leaves_the_event_loop(
+    fs: Filesystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory whose bytes come through the page cache (an EROFS
+    compressed directory) may wait behind a decompression holding the data
+    lock: its lookups must run in a worker thread, so the loop keeps serving."""
+    ops = NommuOperations(fs)
+    root = fs.root
+    inner = fs.lookup
+    monkeypatch.setattr(fs, "meta_reads_data", lambda ino: ino == root)
+
+    def locked_lookup(parent: Any, name: bytes) -> Any:
+        with fs.lock:  # what reading the directory's data takes
+            return inner(parent, name)
+
+    monkeypatch.setattr(fs, "lookup", locked_lookup)
+    held, release = threading.Event(), threading.Event()
+
+    def decompressing_worker() -> None:
+        with fs.lock:
+            held.set()
+            release.wait(2.0)  # bounded: a stalled loop cannot release it
+
+    worker = threading.Thread(target=decompressing_worker)
+    worker.start()
+    held.wait(2.0)
+    ticks: list[float] = []
+
+    async def main() -> int:
+        got: list[int] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(trio.current_time())
+                await trio.sleep(0.005)
+
+        async def look() -> None:
+            got.append((await ops.lookup(pyfuse3.ROOT_INODE, b"sub", None)).st_ino)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            nursery.start_soon(look)
+            await trio.sleep(0.1)
+            release.set()
+            while not got:
+                await trio.sleep(0.005)
+            nursery.cancel_scope.cancel()
+        return got[0]
+
+    try:
+        ino = run(main)
+    finally:
+        release.set()
+        worker.join()
+    assert ino not in (0, pyfuse3.ROOT_INODE)
+    assert len(ticks) >= 10, f"the event loop stalled behind the data lock ({len(ticks)} ticks)"
