@@ -58,6 +58,9 @@ MM_MODES: Final[tuple[str, ...]] = get_args(MmMode)
 TAIL_PAGE_POLICIES: Final[tuple[str, ...]] = get_args(TailPagePolicy)
 
 Shrinker = Callable[[int], int]
+# A shrinker's shortcut for the allocator's commonest reclaim: see
+# Arena._register_frame_donor.
+FrameDonor = Callable[[], "Page | None"]
 Observer = Callable[["Arena"], None]
 
 # Flags a folio must not carry when it goes back to the buddy allocator
@@ -144,6 +147,7 @@ class Arena:
             self._pages[pfn]._order = order
         self._mappings: dict[int, Mapping] = {}
         self._shrinkers: list[Shrinker] = []
+        self._frame_donors: dict[Shrinker, FrameDonor] = {}
         self._observers: list[Observer] = []
         # frames per OwnerKind, indexed by _SLOT
         self._owner_frames = [0] * len(_OWNER_KINDS)
@@ -207,6 +211,27 @@ class Arena:
     def unregister_shrinker(self, fn: Shrinker) -> None:
         with self._lock:
             self._shrinkers.remove(fn)
+            if fn not in self._shrinkers:
+                self._frame_donors.pop(fn, None)
+
+    def _register_frame_donor(self, shrinker: Shrinker, donor: FrameDonor) -> None:
+        """Let ``donor()`` stand in for ``shrinker(1)`` plus the allocation after it.
+
+        When an order-0 allocation finds no free frame at all, reclaim calls
+        the first shrinker with 1, and if it freed a single order-0 folio,
+        the buddy allocator hands that very frame out again (it is the only
+        free block).  A donor does the shrinker's part without the free:
+        it evicts what ``shrinker(1)`` would evict, with the same counting,
+        and returns the evicted page (refcount 1, flags cleared, still counted
+        under its old owner) if that was one order-0 page; otherwise it
+        returns None having changed nothing, and reclaim runs as usual.
+        Used only while no observer could see the difference (the free and
+        the allocation are each an observer event).
+        """
+        with self._lock:
+            if shrinker not in self._shrinkers:
+                raise ValueError("a frame donor stands in for a registered shrinker")
+            self._frame_donors[shrinker] = donor
 
     def add_observer(self, fn: Observer) -> None:
         """Call ``fn(arena)`` after every alloc, free, vmap and vunmap.
@@ -371,6 +396,17 @@ class Arena:
             else:
                 self._account_order0(taken, slot)
                 taken = 0
+                if not buddy.nr_free and not notify and self._shrinkers:
+                    donor = self._frame_donors.get(self._shrinkers[0])
+                    donated = donor() if donor is not None else None
+                    if donated is not None:  # reclaim freed one page and we took it
+                        owner_frames = self._owner_frames
+                        owner_frames[_SLOT[id(donated.owner.kind)]] -= 1
+                        owner_frames[slot] += 1
+                        donated._flags = 0
+                        donated.owner = owner
+                        got.append(donated)
+                        continue
                 got_pfn = buddy.alloc(0) if buddy.nr_free else None
                 if got_pfn is None:
                     got_pfn = self._alloc_slowpath(0)

@@ -62,6 +62,7 @@ class PageCache:
         self._evictions = 0
         self._closed = False
         arena.register_shrinker(self.evict)
+        arena._register_frame_donor(self.evict, self._evict_one_page)
 
     def __len__(self) -> int:
         """Pages (indexes) cached; a folio of order k counts 2**k."""
@@ -358,6 +359,35 @@ class PageCache:
             self._evictions += len(victims)
             self.arena._note_evictions(len(victims))
             return freed
+
+    def _evict_one_page(self) -> Page | None:
+        """``evict(1)`` for an allocation that will take the frame: the arena's frame donor.
+
+        Evicts and counts what ``evict(1)`` would, but only if that is one
+        order-0 page, and hands its frame over instead of freeing it
+        (refcount 1, the cache's, now the allocation's; flags cleared; owner
+        still the cache's for the arena to move).  Otherwise changes nothing
+        and returns None.
+        """
+        for entry in self._lru.values():
+            if self._evictable(entry.head):
+                break
+        else:
+            return None
+        head = entry.head
+        if head._order:
+            return None
+        mapping_id = entry.mapping_id
+        del self._pages[(mapping_id, entry.index)]
+        del self._lru[head.pfn]
+        file = self._files[mapping_id]
+        del file[head.pfn]
+        if not file:
+            del self._files[mapping_id]
+        head._flags = 0  # PG_lru and PG_uptodate go, as freeing and allocating would
+        self._evictions += 1
+        self.arena._note_evictions(1)
+        return head
 
     def invalidate(self, mapping_id: Hashable) -> int:
         """Drop every evictable folio of one file; returns the pages still cached for it."""

@@ -308,11 +308,15 @@ range_ops = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(nr_frames=st.sampled_from([8, 16, 24]), script=range_ops)
+@given(nr_frames=st.sampled_from([8, 16, 24]), script=range_ops, observe=st.booleans())
 def test_get_or_create_range_evicts_and_allocates_as_single_calls_did(
-    nr_frames: int, script: list[tuple[str, int, int, int]]
+    nr_frames: int, script: list[tuple[str, int, int, int]], observe: bool
 ) -> None:
+    """With ``observe``, the single-call twin also has an observer, which keeps its
+    allocations off the page cache's frame donor: reclaim then frees and reallocates."""
     arenas = [Arena(nr_frames * PAGE_SIZE, "mmu") for _ in range(2)]
+    if observe:
+        arenas[1].add_observer(lambda a: None)
     caches = [PageCache(a) for a in arenas]
     # Per twin: ranges got and not yet released, other allocations held.
     reads: list[list[list[tuple[Page, bool]]]] = [[], []]
@@ -410,6 +414,55 @@ def test_range_failure_counts_only_the_lookups_made(make_arena: MakeArena) -> No
     assert after.frames_free == 2
     arena.free_pages_bulk(held)
     cache.close()
+
+
+def test_frame_donor_takes_the_frame_reclaim_would_free(
+    make_arena: MakeArena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full arena: the page cache hands its LRU page's frame to the allocation
+    directly; the same frame, owners and counters as evicting, freeing and
+    allocating (which an observer forces), and a large folio or nothing
+    evictable falls back to that ordinary reclaim."""
+    donated: list[Page | None] = []
+    real = PageCache._evict_one_page
+
+    def counting(self: PageCache) -> Page | None:
+        donated.append(real(self))
+        return donated[-1]
+
+    monkeypatch.setattr(PageCache, "_evict_one_page", counting)
+    twins = []
+    for observe in (False, True):
+        arena = make_arena(8)
+        cache = PageCache(arena)
+        if observe:
+            arena.add_observer(lambda a: None)
+        folio = arena.alloc_pages(1)
+        cache.add_folio("f", 0, folio)  # the oldest: evicted first, as a folio
+        arena.free_pages(folio)
+        for i in range(2, 8):
+            p = cache.find_or_create("f", i)
+            arena.end_read([p], True)
+            cache.release(p)
+        twins.append((arena, cache))
+    results = []
+    for arena, cache in twins:
+        busy = cache.find("f", 2)  # referenced: skipped
+        got = [arena.alloc_pages(0, Owner.DECOMPRESS) for _ in range(4)]
+        got += arena.alloc_pages_bulk(3, Owner.DECOMPRESS)
+        with pytest.raises(AllocError):
+            arena.alloc_pages(0)  # only the busy page is left
+        results.append(([p.pfn for p in got], arena_state(arena), cache_state(cache)))
+        assert all(p.owner == Owner.DECOMPRESS and p.flags == 0 for p in got)
+        assert arena.stats.evictions == 6 and arena.stats.frames_by_owner["page_cache"] == 1
+        assert busy is not None
+        cache.release(busy)
+        arena.free_pages_bulk(got)
+        cache.close()
+    assert results[0] == results[1]
+    assert results[0][0] == [0, 1, 3, 4, 5, 6, 7]
+    # without the observer: the folio first (declined), five pages, then nothing
+    assert [p.pfn if p else None for p in donated] == [None, 3, 4, 5, 6, 7, None]
 
 
 # -- contig_view -------------------------------------------------------------------
