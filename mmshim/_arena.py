@@ -394,8 +394,9 @@ class Arena:
                 buddy.nr_free -= 1
                 head = pages[pfn]
             else:
-                self._account_order0(taken, slot)
-                taken = 0
+                if taken:  # (if not, the peak and counts are already up to date)
+                    self._account_order0(taken, slot)
+                    taken = 0
                 if not buddy.nr_free and not notify and self._shrinkers:
                     donor = self._frame_donors.get(self._shrinkers[0])
                     donated = donor() if donor is not None else None
@@ -863,7 +864,9 @@ class Arena:
             self._vmap_calls += 1
             reject_tails = self.tail_pages == "reject"
             for p in pages:
-                self._live_head(p, "vmap")
+                head = p.head
+                if p._arena is not self or head._flags & F_FREE or head.refcount <= 0:
+                    self._live_head(p, "vmap")  # raises
                 if p._flags & F_TAIL and reject_tails:
                     self._vmap_failures += 1
                     raise TailPageError(

@@ -370,12 +370,14 @@ class PageCache:
         and returns None.
         """
         for entry in self._lru.values():
-            if self._evictable(entry.head):
-                break
+            head = entry.head
+            if head.refcount == 1 and not head._flags & _BUSY:  # _evictable, inline
+                if not head._order:
+                    if not head.mapcount:
+                        break
+                elif self._evictable(head):
+                    return None  # a large folio: ordinary reclaim frees it
         else:
-            return None
-        head = entry.head
-        if head._order:
             return None
         mapping_id = entry.mapping_id
         del self._pages[(mapping_id, entry.index)]
@@ -386,7 +388,7 @@ class PageCache:
             del self._files[mapping_id]
         head._flags = 0  # PG_lru and PG_uptodate go, as freeing and allocating would
         self._evictions += 1
-        self.arena._note_evictions(1)
+        self.arena._evictions += 1
         return head
 
     def invalidate(self, mapping_id: Hashable) -> int:

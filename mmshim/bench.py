@@ -4,19 +4,22 @@ Each round vmaps 16 scattered pages (every other frame), fills the whole
 view (what a decompressor does), and unmaps it.  ``--pagecache`` times the
 page cache's read path instead: 128 KiB "reads" (32 pages each) that find or
 create, fill, mark uptodate, unlock and release every page, in an arena
-smaller than the file so that every miss also evicts.  A benchmark, not a
-test: the numbers depend on the machine; only their ratio means much.
+smaller than the file so that every miss also evicts.  ``--micro`` times
+single calls of the read path's hot spots (see :func:`bench_micro`).  A
+benchmark, not a test: the numbers depend on the machine; only their ratio
+means much.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mmshim._arena import MM_MODES, Arena
 from mmshim._errors import VmapError
-from mmshim._page import PAGE_SIZE, Page
+from mmshim._page import PAGE_SIZE, Owner, Page
 from mmshim._pagecache import PageCache
 
 
@@ -157,6 +160,107 @@ def bench_pagecache(
         arena.close()
 
 
+def _cpu_us_per_call(fn: Callable[[], object], seconds: float) -> float:
+    """Thread CPU time of one call in microseconds: the best of batches of 20.
+
+    CPU time rather than wall time, and the best batch rather than the mean,
+    so that other work on the machine inflates the number as little as it can.
+    """
+    fn()
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while True:
+        start = time.thread_time()
+        for _ in range(20):
+            fn()
+        best = min(best, (time.thread_time() - start) / 20)
+        if time.perf_counter() >= deadline:
+            return best * 1e6
+
+
+def bench_micro(seconds: float = 0.2) -> list[tuple[str, float]]:
+    """Microseconds per call of the EROFS read path's mmshim calls, each for about ``seconds``.
+
+    * ``get_or_create_range`` of 16 pages + ``end_read`` + ``release_pages``,
+      all missing in a full, fragmented arena (every page evicts one), and
+      all cached;
+    * ``find_range`` of 16 cached pages + ``release_pages``; ``page_view``;
+    * ``alloc_pages_bulk`` + ``free_pages_bulk`` of 1, 4 and 16 pages, in a
+      fragmented arena (every other frame taken);
+    * ``vm_map_ram`` + ``vm_unmap_ram`` of 4 and 16 scattered pages (mmu).
+    """
+    results: list[tuple[str, float]] = []
+
+    arena = Arena(512 * PAGE_SIZE, "mmu")
+    cache = PageCache(arena)
+    kept = arena.alloc_pages_bulk(256)
+    arena.free_pages_bulk(kept[::2])
+    index = 0
+
+    def read16(first: int) -> None:
+        got = cache.get_or_create_range("bench", first, 16)
+        arena.end_read([p for p, created in got if created], True)
+        cache.release_pages([p for p, _ in got])
+
+    def read16_misses() -> None:
+        nonlocal index
+        read16(index)
+        index = (index + 16) % 4096
+
+    for _ in range(64):  # fill the arena: every miss evicts from the first call
+        read16_misses()
+    us = _cpu_us_per_call(read16_misses, seconds)
+    results.append(("16 missing pages: range+end_read+release", us))
+    read16(0)
+    us = _cpu_us_per_call(lambda: read16(0), seconds)
+    results.append(("16 cached pages: range+end_read+release", us))
+
+    def find16() -> None:
+        cache.release_pages([p for p in cache.find_range("bench", 0, 16) if p is not None])
+
+    results.append(("find_range of 16 cached pages+release", _cpu_us_per_call(find16, seconds)))
+    page = cache.find_or_create("bench", 0)
+    results.append(("page_view", _cpu_us_per_call(lambda: arena.page_view(page), seconds)))
+    cache.release(page)
+    cache.close()
+    arena.free_pages_bulk(kept[1::2])
+    arena.close()
+
+    arena = Arena(1024 * PAGE_SIZE, "mmu")
+    kept = arena.alloc_pages_bulk(1024)
+    arena.free_pages_bulk(kept[::2])
+    for nr in (1, 4, 16):
+
+        def bulk(nr: int = nr) -> None:
+            arena.free_pages_bulk(arena.alloc_pages_bulk(nr, Owner.DECOMPRESS))
+
+        results.append(
+            (f"alloc_pages_bulk+free_pages_bulk of {nr}", _cpu_us_per_call(bulk, seconds))
+        )
+    arena.free_pages_bulk(kept[1::2])
+    arena.close()
+
+    arena = Arena(256 * PAGE_SIZE, "mmu")
+    pages = arena.alloc_pages_bulk(64)
+    for nr in (4, 16):
+
+        def remap(cluster: list[Page] = pages[: 2 * nr : 2]) -> None:
+            arena.vm_unmap_ram(arena.vm_map_ram(cluster))
+
+        results.append(
+            (f"vm_map_ram+vm_unmap_ram of {nr} scattered", _cpu_us_per_call(remap, seconds))
+        )
+    arena.free_pages_bulk(pages)
+    arena.close()
+    return results
+
+
+def format_micro_results(results: list[tuple[str, float]]) -> str:
+    lines = ["mmshim calls of the read path (thread CPU time per call, best batch)", ""]
+    lines += [f"{what:<44} {us:>9.2f} us" for what, us in results]
+    return "\n".join(lines)
+
+
 def format_cache_results(results: list[CacheBenchResult], read_pages: int) -> str:
     lines = [f"page cache: {read_pages}-page reads (find or create + fill + release)", ""]
     head = f"{'lookups':<16} {'reads/s':>10} {'pages/s':>11} {'MiB/s':>9} {'evicted/read':>13}"
@@ -199,7 +303,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="time the page cache's read path (32-page reads) instead of vmap",
     )
+    parser.add_argument(
+        "--micro",
+        action="store_true",
+        help="time single calls of the read path (page cache, bulk alloc, vm_map_ram)",
+    )
     args = parser.parse_args(argv)
+    if args.micro:
+        print(format_micro_results(bench_micro(args.seconds / 5)))
+        return
     if args.pagecache:
         cache_results = [
             bench_pagecache(seconds=args.seconds, hits=hits, batched=batched)

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 from mmshim import PAGE_SIZE
-from mmshim.bench import bench_mode, bench_pagecache, format_cache_results, format_results
+from mmshim.bench import (
+    bench_micro,
+    bench_mode,
+    bench_pagecache,
+    format_cache_results,
+    format_micro_results,
+    format_results,
+)
 from mmshim.demo import format_report, scattered_pcluster_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,3 +79,9 @@ def test_pagecache_bench_misses_evict_and_hits_do_not() -> None:
     batched = bench_pagecache(seconds=0.01, arena_frames=64, file_pages=256, batched=True)
     assert batched.evictions == batched.pages > 0 and batched.what == "misses, batched"
     assert "misses, batched" in format_cache_results([misses, hits, batched], 32)
+
+
+def test_micro_bench_times_every_call() -> None:
+    results = bench_micro(0.001)
+    assert len(results) == 9 and all(us > 0 for _, us in results)
+    assert "alloc_pages_bulk+free_pages_bulk of 16" in format_micro_results(results)
