@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from fusefs.erofs import format as f
+from fusefs.erofs.dirent import DirEntryRecord
 
 # A readdir offset is a stable key: (block << 16) | (index in block + 1).
 # 0 means "from the start"; a block holds at most 65536 / 12 dirents.
 _KEY_SHIFT = 16
 
-BlockReader = Callable[[int], list[f.DirEntryRecord]]
+BlockReader = Callable[[int], list[DirEntryRecord]]
 
 
 def dir_nblocks(size: int, block_size: int) -> int:
@@ -28,7 +28,7 @@ def entry_key(blk: int, index: int) -> int:
 
 def iter_entries(
     get_block: BlockReader, nblocks: int, after: int = 0
-) -> Iterator[tuple[int, f.DirEntryRecord]]:
+) -> Iterator[tuple[int, DirEntryRecord]]:
     """``(key, entry)`` in on-disk order, starting after the entry keyed ``after``."""
     blk, start = (after >> _KEY_SHIFT, after & ((1 << _KEY_SHIFT) - 1)) if after > 0 else (0, 0)
     while blk < nblocks:

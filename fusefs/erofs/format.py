@@ -1,22 +1,27 @@
 """The EROFS on-disk format, declared once for the reader and the writer.
 
-Everything here is pure data and arithmetic over bytes: structures as
-precompiled little-endian ``struct.Struct`` objects with a frozen dataclass
-each (``unpack_from(buf, off)`` / ``pack()``), the kernel's constants under
-the kernel's names (``include/uapi/linux/erofs_fs.h`` / ``fs/erofs/erofs_fs.h``),
-and the encodings both sides need (crc32c, rdev, xattr entry sizes, dirent
-blocks, compact lcluster index packs).  Facts: ../../shared/reference/erofs-format.md.
+Declarations only: structures as precompiled little-endian ``struct.Struct``
+objects with a frozen dataclass each (``unpack_from(buf, off)`` / ``pack()``),
+the kernel's constants under the kernel's names, the id NewTypes, and small
+pure helpers that say where things are or how big they are (``i_format``
+bits, rdev, xattr entry sizes, map header and full index positions).  The
+kernel keeps the same in ``fs/erofs/erofs_fs.h`` (``include/erofs_fs.h`` in
+erofs-utils) and checks the sizes in ``erofs_check_ondisk_layout_definitions``;
+so does this module, at import.
+
+The algorithms over these structures live beside it, one concern each, for
+the reader and the writer alike: :mod:`fusefs.erofs.hash` (superblock crc32c,
+xattr name filter xxh32), :mod:`fusefs.erofs.dirent` (directory blocks) and
+:mod:`fusefs.erofs.zindex` (lcluster indexes).  Facts:
+../../shared/reference/erofs-format.md.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final, NamedTuple, NewType
-
-from fusefs.errors import CorruptImageError
+from typing import TYPE_CHECKING, ClassVar, Final, NamedTuple, NewType
 
 Nid = NewType("Nid", int)
 BlkAddr = NewType("BlkAddr", int)
@@ -207,57 +212,12 @@ def metabox_nid_from(buf: bytes | bytearray | memoryview, off: int) -> int:
     return int(_SB_EXT_METABOX.unpack_from(buf, off)[0])
 
 
-# ---------------------------------------------------------------------------
-# Superblock checksum: crc32c ("Castagnoli", reflected poly 0x82F63B78)
-
-
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-_CRC32C_TABLE: Final = _crc32c_table()
-
-
-def crc32c(data: bytes | bytearray | memoryview, crc: int = 0xFFFFFFFF) -> int:
-    """The raw CRC-32C state after ``data`` starting from ``crc`` (no final
-    inversion): the erofs variant.  The standard CRC-32C of ``data`` is
-    ``crc32c(data) ^ 0xFFFFFFFF``."""
-    table = _CRC32C_TABLE
-    for b in bytes(data):
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc
-
-
-def crc32c_standard(data: bytes | bytearray | memoryview) -> int:
-    """The usual CRC-32C (iSCSI) of ``data``."""
-    return crc32c(data) ^ 0xFFFFFFFF
-
-
 def sb_checksum_length(blkszbits: int) -> int:
-    """Bytes summed from offset 1024: the rest of the superblock's block, or
-    one block when blocks are <= 1024 bytes."""
+    """Bytes the superblock checksum covers from offset 1024 (see
+    :func:`fusefs.erofs.hash.superblock_checksum`): the rest of the
+    superblock's block, or one block when blocks are <= 1024 bytes."""
     bs = 1 << blkszbits
     return bs - EROFS_SUPER_OFFSET if bs > EROFS_SUPER_OFFSET else bs
-
-
-def superblock_checksum(region: bytes | bytearray | memoryview) -> int:
-    """The checksum of ``region`` = ``image[1024 : 1024 + sb_checksum_length]``;
-    the checksum field inside it (bytes 4..8) counts as zero."""
-    mv = memoryview(region).cast("B")
-    # erofs: the superblock checksum is crc32c over the block with the field zeroed
-    state = crc32c(bytes(mv[0:4]) + b"\0\0\0\0")
-    return crc32c(mv[8:], state)
-
-
-def verify_superblock_checksum(region: bytes | bytearray | memoryview) -> bool:
-    stored = int.from_bytes(bytes(memoryview(region)[4:8]), "little")
-    return stored == superblock_checksum(region)
 
 
 # ---------------------------------------------------------------------------
@@ -478,7 +438,9 @@ def mode_type_from_ftype(ftype: int) -> int:
     return _FT_TO_S_IFMT.get(ftype, 0)
 
 
-_DIRENT = struct.Struct("<QHBB")
+# Public so that the dirent block codec can decode a block's dirents as plain
+# tuples (a dataclass per dirent costs six times as much).
+DIRENT_STRUCT: Final = struct.Struct("<QHBB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,89 +456,10 @@ class Dirent:
 
     @classmethod
     def unpack_from(cls, buf: bytes | bytearray | memoryview, off: int = 0) -> Dirent:
-        return cls(*_DIRENT.unpack_from(buf, off))
+        return cls(*DIRENT_STRUCT.unpack_from(buf, off))
 
     def pack(self) -> bytes:
-        return _DIRENT.pack(self.nid, self.nameoff, self.file_type, self.reserved)
-
-
-class DirEntryRecord(NamedTuple):
-    """One decoded entry of a directory block."""
-
-    name: bytes
-    nid: int
-    file_type: int
-    nameoff: int
-
-
-def dirent_blocks(
-    entries: Sequence[tuple[bytes, int, int]], block_size: int
-) -> list[list[tuple[bytes, int, int]]]:
-    """Split sorted ``(name, nid, file_type)`` entries into directory blocks
-    the way mkfs fills them: greedily, an entry (12 bytes + name) that does
-    not fit in the rest of the block starts the next one."""
-    blocks: list[list[tuple[bytes, int, int]]] = []
-    cur: list[tuple[bytes, int, int]] = []
-    used = 0
-    for e in entries:
-        need = Dirent.SIZE + len(e[0])
-        if cur and used + need > block_size:
-            blocks.append(cur)
-            cur, used = [], 0
-        cur.append(e)
-        used += need
-    if cur:
-        blocks.append(cur)
-    return blocks
-
-
-def pack_dirent_block(entries: Sequence[tuple[bytes, int, int]]) -> bytes:
-    """One directory block's used bytes (no zero fill): dirents, then names
-    packed back to back (erofs: nameoff[i+1] == nameoff[i] + len(name[i]))."""
-    nameoff = Dirent.SIZE * len(entries)
-    heads = []
-    for name, nid, ftype in entries:
-        heads.append(Dirent(nid, nameoff, ftype).pack())
-        nameoff += len(name)
-    return b"".join(heads) + b"".join(e[0] for e in entries)
-
-
-def unpack_dirent_block(
-    block: bytes | bytearray | memoryview,
-    maxsize: int,
-    *,
-    nid: int | None = None,
-    offset: int | None = None,
-) -> list[DirEntryRecord]:
-    """Decode one directory block of which ``maxsize`` bytes are in use
-    (``min(block_size, i_size - block_start)``).  The last name ends at the
-    first NUL or at ``maxsize``.  Raises CorruptImageError on a malformed block."""
-
-    def bad(reason: str) -> CorruptImageError:
-        return CorruptImageError(reason, structure="erofs dirent block", nid=nid, offset=offset)
-
-    if maxsize < Dirent.SIZE or len(block) < maxsize:
-        raise bad(f"directory block of {maxsize} bytes is too short for a dirent")
-    mv = memoryview(block)
-    nameoff0 = _DIRENT.unpack_from(mv, 0)[1]
-    if nameoff0 < Dirent.SIZE or nameoff0 >= maxsize or nameoff0 % Dirent.SIZE:
-        raise bad(f"first nameoff {nameoff0} is invalid")
-    count = nameoff0 // Dirent.SIZE
-    heads = [_DIRENT.unpack_from(mv, i * Dirent.SIZE) for i in range(count)]
-    out: list[DirEntryRecord] = []
-    for i, (dnid, nameoff, ftype, _res) in enumerate(heads):
-        if i + 1 < count:
-            end = heads[i + 1][1]
-        else:
-            raw = bytes(mv[nameoff:maxsize]) if nameoff < maxsize else b""
-            nul = raw.find(b"\0")
-            end = nameoff + (nul if nul >= 0 else len(raw))
-        if nameoff < nameoff0 or end > maxsize or end <= nameoff:
-            raise bad(f"dirent {i}: name [{nameoff}, {end}) is outside the block or empty")
-        if end - nameoff > EROFS_NAME_LEN:
-            raise bad(f"dirent {i}: name of {end - nameoff} bytes is longer than 255")
-        out.append(DirEntryRecord(bytes(mv[nameoff:end]), dnid, ftype, nameoff))
-    return out
+        return DIRENT_STRUCT.pack(self.nid, self.nameoff, self.file_type, self.reserved)
 
 
 # ---------------------------------------------------------------------------
@@ -619,62 +502,6 @@ def xattr_split_name(name: bytes) -> tuple[int, bytes] | None:
         if name.startswith(prefix) and len(name) > len(prefix):
             return index, name[len(prefix) :]
     return None
-
-
-_XXH_P1: Final = 0x9E3779B1
-_XXH_P2: Final = 0x85EBCA77
-_XXH_P3: Final = 0xC2B2AE3D
-_XXH_P4: Final = 0x27D4EB2F
-_XXH_P5: Final = 0x165667B1
-_M32: Final = 0xFFFFFFFF
-
-
-def _rotl32(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & _M32
-
-
-def xxh32(data: bytes, seed: int = 0) -> int:
-    """XXH32 of ``data`` (the hash of the xattr name filter)."""
-    n = len(data)
-    i = 0
-    if n >= 16:
-        v = [
-            (seed + _XXH_P1 + _XXH_P2) & _M32,
-            (seed + _XXH_P2) & _M32,
-            seed & _M32,
-            (seed - _XXH_P1) & _M32,
-        ]
-        while i + 16 <= n:
-            for k in range(4):
-                lane = int.from_bytes(data[i + 4 * k : i + 4 * k + 4], "little")
-                v[k] = (_rotl32((v[k] + lane * _XXH_P2) & _M32, 13) * _XXH_P1) & _M32
-            i += 16
-        h = (_rotl32(v[0], 1) + _rotl32(v[1], 7) + _rotl32(v[2], 12) + _rotl32(v[3], 18)) & _M32
-    else:
-        h = (seed + _XXH_P5) & _M32
-    h = (h + n) & _M32
-    while i + 4 <= n:
-        lane = int.from_bytes(data[i : i + 4], "little")
-        h = (_rotl32((h + lane * _XXH_P3) & _M32, 17) * _XXH_P4) & _M32
-        i += 4
-    while i < n:
-        h = (_rotl32((h + data[i] * _XXH_P5) & _M32, 11) * _XXH_P1) & _M32
-        i += 1
-    h ^= h >> 15
-    h = (h * _XXH_P2) & _M32
-    h ^= h >> 13
-    h = (h * _XXH_P3) & _M32
-    h ^= h >> 16
-    return h
-
-
-def xattr_filter_bit(name_index: int, suffix: bytes) -> int:
-    """The name-filter bit of an xattr (short prefix index, name without it):
-    ``xxh32(suffix, EROFS_XATTR_FILTER_SEED + index) % 32``; a set bit in
-    ``h_name_filter`` means no xattr of the inode hashes there."""
-    return xxh32(suffix, (EROFS_XATTR_FILTER_SEED + name_index) & _M32) & (
-        EROFS_XATTR_FILTER_BITS - 1
-    )
 
 
 _XATTR_IBODY_HEADER = struct.Struct("<IB7x")
@@ -1010,216 +837,11 @@ def full_index_pos(header_pos: int, lcn: int) -> int:
 
 # Compact indexes: packs of ``vcnt`` fields of ``encodebits`` bits followed
 # by a le32 base block address.  4B packs: 8 bytes, 2 lclusters; 2B packs:
-# 32 bytes, 16 lclusters.
+# 32 bytes, 16 lclusters.  Their codec is fusefs.erofs.zindex.
 COMPACT_4B_VCNT: Final = 2
 COMPACT_2B_VCNT: Final = 16
 COMPACT_4B_PACK: Final = 8
 COMPACT_2B_PACK: Final = 32
-
-
-class PackGeometry(NamedTuple):
-    vcnt: int
-    pack_size: int
-    encodebits: int
-    lobits: int
-
-
-def pack_geometry(amortized_bytes: int, lclusterbits: int) -> PackGeometry | None:
-    """Geometry of a 4B (``amortized_bytes`` 4) or 2B (2) pack; None when the
-    lcluster size cannot be encoded (kernel: EOPNOTSUPP)."""
-    if amortized_bytes == 4 and lclusterbits <= 14:
-        vcnt = COMPACT_4B_VCNT
-    elif amortized_bytes == 2 and lclusterbits <= 12:
-        vcnt = COMPACT_2B_VCNT
-    else:
-        return None
-    pack_size = vcnt * amortized_bytes
-    encodebits = (pack_size - 4) * 8 // vcnt
-    lobits = max(lclusterbits, Z_EROFS_LI_D0_CBLKCNT.bit_length())
-    return PackGeometry(vcnt, pack_size, encodebits, lobits)
-
-
-@dataclass(frozen=True, slots=True)
-class CompactLayout:
-    """Where each lcluster's compact index lives: ``init4`` 4B entries to reach
-    32-byte alignment, then ``two`` 2B entries (whole packs), then 4B entries."""
-
-    ebase: int
-    total: int
-    init4: int
-    two: int
-
-    @property
-    def rest4(self) -> int:
-        return max(self.total - self.init4 - self.two, 0)
-
-    def position(self, lcn: int) -> tuple[int, int]:
-        """``(byte position, amortized bytes 4 or 2)`` of lcluster ``lcn``."""
-        if lcn < self.init4:
-            return self.ebase + 4 * lcn, 4
-        if lcn - self.init4 < self.two:
-            return self.ebase + 4 * self.init4 + 2 * (lcn - self.init4), 2
-        return self.ebase + 4 * self.init4 + 2 * self.two + 4 * (lcn - self.init4 - self.two), 4
-
-    def next_pack_offset(self, lcn: int) -> int:
-        """The byte just after the pack holding ``lcn``'s index (the kernel's
-        ``nextpackoff``: where an inline tail pcluster starts)."""
-        pos, amort = self.position(lcn)
-        size = COMPACT_4B_PACK if amort == 4 else COMPACT_2B_PACK
-        return pos - pos % size + size
-
-    @property
-    def end(self) -> int:
-        """The byte after the whole index area (last 4B pack padded)."""
-        if self.total == 0:
-            return self.ebase
-        return self.next_pack_offset(self.total - 1)
-
-
-def compact_layout(ebase: int, total: int, two_b: bool) -> CompactLayout:
-    """The 4B/2B split of ``total`` compact indexes starting at ``ebase``
-    (``header_pos + 8``); ``two_b`` is Z_EROFS_ADVISE_COMPACTED_2B."""
-    init4 = ((32 - ebase % 32) // 4) & 7
-    two = 0
-    if two_b and init4 < total:
-        two = (total - init4) // 16 * 16
-    return CompactLayout(ebase, total, init4, two)
-
-
-class CompactEntry(NamedTuple):
-    """One decoded field of a compact pack: the lcluster type and its ``lo``
-    bits (clusterofs of a HEAD/PLAIN; delta0, CBLKCNT or delta1 of a NONHEAD)."""
-
-    type: int
-    lo: int
-
-
-def decode_compact_pack(
-    pack: bytes | bytearray | memoryview, geo: PackGeometry
-) -> tuple[list[CompactEntry], int]:
-    """The ``vcnt`` fields and the base block address of one pack."""
-    raw = int.from_bytes(bytes(pack[: geo.pack_size - 4]), "little")
-    lomask = (1 << geo.lobits) - 1
-    entries = []
-    for i in range(geo.vcnt):
-        v = raw >> (i * geo.encodebits)
-        entries.append(CompactEntry((v >> geo.lobits) & 3, v & lomask))
-    base = int.from_bytes(bytes(pack[geo.pack_size - 4 : geo.pack_size]), "little")
-    return entries, base
-
-
-def encode_compact_pack(entries: Sequence[CompactEntry], base: int, geo: PackGeometry) -> bytes:
-    """The bytes of one pack (the inverse of :func:`decode_compact_pack`)."""
-    if len(entries) != geo.vcnt:
-        raise ValueError(f"a pack holds {geo.vcnt} entries, got {len(entries)}")
-    raw = 0
-    for i, (lctype, lo) in enumerate(entries):
-        if lo >> geo.lobits or not 0 <= lctype <= 3:
-            raise ValueError(f"entry {i} ({lctype}, {lo}) does not fit {geo.encodebits} bits")
-        raw |= (lo | (lctype << geo.lobits)) << (i * geo.encodebits)
-    return raw.to_bytes(geo.pack_size - 4, "little") + (base & 0xFFFFFFFF).to_bytes(4, "little")
-
-
-class DecodedLcluster(NamedTuple):
-    """What one lcluster index says, normalised over the full and compact forms."""
-
-    type: int
-    clusterofs: int  # HEAD/PLAIN: extent start in the lcluster; NONHEAD: lcluster size
-    blkaddr: int  # HEAD/PLAIN: pcluster block; NONHEAD: 0
-    delta0: int  # NONHEAD: lookback distance
-    delta1: int  # NONHEAD: lookahead distance (0 when unknown)
-    compressedblks: int  # NONHEAD with CBLKCNT: the pcluster's block count, else 0
-    partial_ref: bool
-
-
-def decode_compact_entry(
-    entries: Sequence[CompactEntry],
-    base: int,
-    i: int,
-    lclusterbits: int,
-    big_pcluster: bool,
-) -> DecodedLcluster:
-    """Entry ``i`` of a decoded pack, as the kernel's ``unpack_compacted_index``
-    reads it.  Raises ValueError where the kernel says EFSCORRUPTED (the
-    caller names the inode)."""
-    vcnt = len(entries)
-    lctype, lo = entries[i]
-    if lctype == Z_EROFS_LCLUSTER_TYPE_NONHEAD:
-        # delta1: count NONHEADs forward to the next head within the pack;
-        # the pack's last NONHEAD carries the rest of the distance in lo.
-        d1 = 0
-        j = i
-        last_lo = lo
-        while j < vcnt:
-            t, last_lo = entries[j]
-            if t != Z_EROFS_LCLUSTER_TYPE_NONHEAD:
-                break
-            d1 += 1
-            j += 1
-        else:
-            if not last_lo & Z_EROFS_LI_D0_CBLKCNT:
-                d1 += last_lo - 1
-        if lo & Z_EROFS_LI_D0_CBLKCNT:
-            if not big_pcluster:
-                raise ValueError("CBLKCNT without big pcluster")
-            return DecodedLcluster(
-                lctype, 1 << lclusterbits, 0, 1, d1, lo & ~Z_EROFS_LI_D0_CBLKCNT, False
-            )
-        if i + 1 != vcnt:
-            return DecodedLcluster(lctype, 1 << lclusterbits, 0, lo, d1, 0, False)
-        # erofs: the pack's last field holds delta[1]; delta[0] comes from the previous one
-        if i == 0:
-            d0 = 1
-        else:
-            pt, plo = entries[i - 1]
-            if pt != Z_EROFS_LCLUSTER_TYPE_NONHEAD:
-                plo = 0
-            elif plo & Z_EROFS_LI_D0_CBLKCNT:
-                plo = 1
-            d0 = plo + 1
-        return DecodedLcluster(lctype, 1 << lclusterbits, 0, d0, d1, 0, False)
-    # HEAD/PLAIN: the block address counts pclusters back to the pack's base
-    j = i
-    if not big_pcluster:
-        nblk = 1
-        while j > 0:
-            j -= 1
-            t, jlo = entries[j]
-            if t == Z_EROFS_LCLUSTER_TYPE_NONHEAD:
-                j -= jlo
-            if j >= 0:
-                nblk += 1
-    else:
-        nblk = 0
-        while j > 0:
-            j -= 1
-            t, jlo = entries[j]
-            if t == Z_EROFS_LCLUSTER_TYPE_NONHEAD:
-                if jlo & Z_EROFS_LI_D0_CBLKCNT:
-                    j -= 1
-                    nblk += jlo & ~Z_EROFS_LI_D0_CBLKCNT
-                    continue
-                if jlo <= 1:
-                    raise ValueError("big pcluster with a plain delta0 <= 1")
-                j -= jlo - 2
-                continue
-            nblk += 1
-    return DecodedLcluster(lctype, lo, (base + nblk) & 0xFFFFFFFF, 0, 0, 0, False)
-
-
-def decode_full_index(idx: LclusterIndex, lclusterbits: int, big_pcluster: bool) -> DecodedLcluster:
-    """A full index as the kernel's ``load_full_lcluster`` reads it.  Raises
-    ValueError where the kernel says EFSCORRUPTED."""
-    if idx.type == Z_EROFS_LCLUSTER_TYPE_NONHEAD:
-        d0, d1 = idx.delta0, idx.delta1
-        if d0 & Z_EROFS_LI_D0_CBLKCNT:
-            if not big_pcluster:
-                raise ValueError("CBLKCNT without big pcluster")
-            return DecodedLcluster(
-                idx.type, 1 << lclusterbits, 0, 1, d1, d0 & ~Z_EROFS_LI_D0_CBLKCNT, False
-            )
-        return DecodedLcluster(idx.type, 1 << lclusterbits, 0, d0, d1, 0, False)
-    return DecodedLcluster(idx.type, idx.di_clusterofs, idx.blkaddr, 0, 0, 0, idx.partial_ref)
 
 
 # ---------------------------------------------------------------------------
@@ -1228,7 +850,7 @@ def decode_full_index(idx: LclusterIndex, lclusterbits: int, big_pcluster: bool)
 assert _SB.size == SuperBlock.SIZE == 128
 assert _COMPACT.size == CompactInode.SIZE == 32
 assert _EXTENDED.size == ExtendedInode.SIZE == 64
-assert _DIRENT.size == Dirent.SIZE == 12
+assert DIRENT_STRUCT.size == Dirent.SIZE == 12
 assert _XATTR_IBODY_HEADER.size == XattrIbodyHeader.SIZE == 12
 assert _XATTR_ENTRY.size == XattrEntry.SIZE == 4
 assert _XATTR_LONG_PREFIX.size == XattrLongPrefix.SIZE == 3
@@ -1239,3 +861,43 @@ assert _DEVICE_SLOT.size == DeviceSlot.SIZE == EROFS_DEVT_SLOT_SIZE
 assert _LZ4_CFGS.size == Lz4Cfgs.SIZE and _LZMA_CFGS.size == LzmaCfgs.SIZE
 assert _DEFLATE_CFGS.size == DeflateCfgs.SIZE and _ZSTD_CFGS.size == ZstdCfgs.SIZE
 assert _SB_EXT_METABOX.size == EROFS_SB_EXTSLOT_SIZE
+
+
+# ---------------------------------------------------------------------------
+# TEMPORARY re-exports for zmap/zdata/data/fs until the read-path rewrite lands.
+# These names moved to fusefs.erofs.dirent and fusefs.erofs.zindex, which
+# import this module, so the lookup is lazy (PEP 562): either side may be
+# imported first.  Delete this whole block once zmap.py and fs.py import the
+# names from their new modules.
+
+if TYPE_CHECKING:
+    from fusefs.erofs.dirent import DirEntryRecord as DirEntryRecord
+    from fusefs.erofs.dirent import unpack_dirent_block as unpack_dirent_block
+    from fusefs.erofs.zindex import CompactEntry as CompactEntry
+    from fusefs.erofs.zindex import DecodedLcluster as DecodedLcluster
+    from fusefs.erofs.zindex import compact_layout as compact_layout
+    from fusefs.erofs.zindex import decode_compact_entry as decode_compact_entry
+    from fusefs.erofs.zindex import decode_compact_pack as decode_compact_pack
+    from fusefs.erofs.zindex import decode_full_index as decode_full_index
+    from fusefs.erofs.zindex import pack_geometry as pack_geometry
+else:
+    import importlib
+
+    _MOVED: Final = {
+        "DirEntryRecord": "fusefs.erofs.dirent",
+        "unpack_dirent_block": "fusefs.erofs.dirent",
+        "CompactEntry": "fusefs.erofs.zindex",
+        "DecodedLcluster": "fusefs.erofs.zindex",
+        "compact_layout": "fusefs.erofs.zindex",
+        "decode_compact_entry": "fusefs.erofs.zindex",
+        "decode_compact_pack": "fusefs.erofs.zindex",
+        "decode_full_index": "fusefs.erofs.zindex",
+        "pack_geometry": "fusefs.erofs.zindex",
+    }
+
+    def __getattr__(name: str) -> object:
+        if name not in _MOVED:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(_MOVED[name]), name)
+        globals()[name] = value  # looked up once; later reads are plain attributes
+        return value

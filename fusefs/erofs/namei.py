@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import bisect
 
-from fusefs.erofs import format as f
 from fusefs.erofs.dir import BlockReader
+from fusefs.erofs.dirent import DirEntryRecord
 
 
-def find_entry(get_block: BlockReader, nblocks: int, name: bytes) -> f.DirEntryRecord | None:
+def find_entry(get_block: BlockReader, nblocks: int, name: bytes) -> DirEntryRecord | None:
     """The dirent named ``name`` or None.  O(log blocks + log entries)."""
     head, back = 0, nblocks - 1
-    candidate: list[f.DirEntryRecord] | None = None
+    candidate: list[DirEntryRecord] | None = None
     while head <= back:
         mid = (head + back) // 2
         entries = get_block(mid)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fusefs.erofs import format as f
+from fusefs.erofs.hash import superblock_checksum, verify_superblock_checksum
 from fusefs.errors import CorruptImageError, UnsupportedFeatureError
 from fusefs.vfs import ImageBytes
 
@@ -92,11 +93,11 @@ def read_super(image: ImageBytes) -> ErofsSuper:
     checksum_ok: bool | None = None
     if sb.feature_compat & f.EROFS_FEATURE_COMPAT_SB_CHKSUM:
         region = image.slice(off, f.sb_checksum_length(sb.blkszbits), structure=_SB_STRUCT)
-        checksum_ok = f.verify_superblock_checksum(region)
+        checksum_ok = verify_superblock_checksum(region)
         if not checksum_ok:
             raise CorruptImageError(
                 f"checksum mismatch (stored {sb.checksum:#010x}, computed "
-                f"{f.superblock_checksum(region):#010x})",
+                f"{superblock_checksum(region):#010x})",
                 structure=_SB_STRUCT,
                 offset=off + 4,
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fusefs.erofs.format import dirent_blocks, pack_dirent_block
+from fusefs.erofs.dirent import dirent_blocks, pack_dirent_block
 
 # (name, nid, file_type); the nid is 0 while sizes are computed
 DirEntry = tuple[bytes, int, int]

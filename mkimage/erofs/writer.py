@@ -55,8 +55,8 @@ from fusefs.erofs.format import (
     ftype_from_mode,
     round_up,
     sb_checksum_length,
-    superblock_checksum,
 )
+from fusefs.erofs.hash import superblock_checksum
 from fusefs.errors import BuildError
 from mkimage.erofs import dir as dirmod
 from mkimage.erofs import inode as inodemod

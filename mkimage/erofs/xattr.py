@@ -14,10 +14,10 @@ from fusefs.erofs.format import (
     EROFS_XATTR_FILTER_DEFAULT,
     XattrEntry,
     XattrIbodyHeader,
-    xattr_filter_bit,
     xattr_icount,
     xattr_split_name,
 )
+from fusefs.erofs.hash import xattr_filter_bit
 from fusefs.errors import BuildError
 
 Xattr = tuple[bytes, bytes]

@@ -2,8 +2,9 @@
 
 Both are built from one list of per-lcluster entries computed from the
 extents (:func:`lcluster_entries`), then encoded with the shared
-definitions of :mod:`fusefs.erofs.format`.  Compact packs are checked by
-decoding them back with the reader's own decoder.
+definitions of :mod:`fusefs.erofs.format` and the shared codec of
+:mod:`fusefs.erofs.zindex`.  Compact packs are checked by decoding them back
+with the reader's own decoder.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from fusefs.erofs.format import (
     Z_EROFS_LCLUSTER_TYPE_NONHEAD,
     Z_EROFS_LCLUSTER_TYPE_PLAIN,
     Z_EROFS_LI_D0_CBLKCNT,
-    CompactEntry,
     LclusterIndex,
     MapHeader,
+)
+from fusefs.erofs.zindex import (
+    CompactEntry,
+    PackGeometry,
     compact_layout,
     decode_compact_entry,
     decode_compact_pack,
@@ -169,11 +173,8 @@ def _field(e: Lcluster, last: bool) -> CompactEntry:
 
 
 def _verify(
-    raw: bytes, geo: object, group: Sequence[Lcluster], bits: int, big: bool, at: int
+    raw: bytes, geo: PackGeometry, group: Sequence[Lcluster], bits: int, big: bool, at: int
 ) -> None:
-    from fusefs.erofs.format import PackGeometry
-
-    assert isinstance(geo, PackGeometry)
     dec, base = decode_compact_pack(raw, geo)
     for k, e in enumerate(group):
         try:

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fusefs.erofs import format as f
+from fusefs.erofs.hash import superblock_checksum
 from fusefs.errors import CorruptImageError, FsError, NotFoundError, UnsupportedFeatureError
 from fusefs.vfs import MemoryConfig, open_image, walk
 from tests.conftest import mkfs_erofs
@@ -160,7 +161,7 @@ def corrupt(
     sb = f.SuperBlock.unpack_from(out, f.EROFS_SUPER_OFFSET)
     if fix_checksum and f.EROFS_MIN_BLKSZBITS <= sb.blkszbits <= 12:
         region = out[1024 : 1024 + f.sb_checksum_length(sb.blkszbits)]
-        out[1028:1032] = f.superblock_checksum(region).to_bytes(4, "little")
+        out[1028:1032] = superblock_checksum(region).to_bytes(4, "little")
     return bytes(out)
 
 

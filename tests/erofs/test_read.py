@@ -155,6 +155,7 @@ def _with_long_prefix(image: bytes, entry_pos: int, infix: bytes) -> bytes:
     import struct
 
     from fusefs.erofs import format as f
+    from fusefs.erofs.hash import superblock_checksum
 
     out = bytearray(image)
     table_at = len(out)
@@ -174,7 +175,7 @@ def _with_long_prefix(image: bytes, entry_pos: int, infix: bytes) -> bytes:
     out[sb_at : sb_at + f.SuperBlock.SIZE] = sb.pack()
     out[entry_pos + 1] = f.EROFS_XATTR_LONG_PREFIX | 0
     length = f.sb_checksum_length(sb.blkszbits)
-    out[sb_at + 4 : sb_at + 8] = f.superblock_checksum(out[sb_at : sb_at + length]).to_bytes(
+    out[sb_at + 4 : sb_at + 8] = superblock_checksum(out[sb_at : sb_at + length]).to_bytes(
         4, "little"
     )
     return bytes(out)
