@@ -488,22 +488,6 @@ XATTR_PREFIXES: Final[dict[int, bytes]] = {
 }
 
 
-def xattr_split_name(name: bytes) -> tuple[int, bytes] | None:
-    """``(e_name_index, suffix)`` for a full xattr name, None if no short
-    prefix fits (such a name needs a long prefix, or cannot be stored)."""
-    for index in (
-        EROFS_XATTR_INDEX_POSIX_ACL_ACCESS,
-        EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT,
-    ):
-        if name == XATTR_PREFIXES[index]:
-            return index, b""
-    for index in (EROFS_XATTR_INDEX_USER, EROFS_XATTR_INDEX_TRUSTED, EROFS_XATTR_INDEX_SECURITY):
-        prefix = XATTR_PREFIXES[index]
-        if name.startswith(prefix) and len(name) > len(prefix):
-            return index, name[len(prefix) :]
-    return None
-
-
 _XATTR_IBODY_HEADER = struct.Struct("<IB7x")
 _XATTR_ENTRY = struct.Struct("<BBH")
 _XATTR_LONG_PREFIX = struct.Struct("<HB")

@@ -12,15 +12,37 @@ from collections.abc import Iterable, Mapping
 
 from fusefs.erofs.format import (
     EROFS_XATTR_FILTER_DEFAULT,
+    EROFS_XATTR_INDEX_POSIX_ACL_ACCESS,
+    EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT,
+    EROFS_XATTR_INDEX_SECURITY,
+    EROFS_XATTR_INDEX_TRUSTED,
+    EROFS_XATTR_INDEX_USER,
+    XATTR_PREFIXES,
     XattrEntry,
     XattrIbodyHeader,
     xattr_icount,
-    xattr_split_name,
 )
 from fusefs.erofs.hash import xattr_filter_bit
 from fusefs.errors import BuildError
 
 Xattr = tuple[bytes, bytes]
+
+
+def xattr_split_name(name: bytes) -> tuple[int, bytes] | None:
+    """``(e_name_index, suffix)`` for a full xattr name, None if no short
+    prefix fits (such a name needs a long prefix, or cannot be stored).
+    erofs-utils: ``erofs_xattr_prefix_matches`` in ``lib/xattr.c``."""
+    for index in (
+        EROFS_XATTR_INDEX_POSIX_ACL_ACCESS,
+        EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT,
+    ):
+        if name == XATTR_PREFIXES[index]:
+            return index, b""
+    for index in (EROFS_XATTR_INDEX_USER, EROFS_XATTR_INDEX_TRUSTED, EROFS_XATTR_INDEX_SECURITY):
+        prefix = XATTR_PREFIXES[index]
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return index, name[len(prefix) :]
+    return None
 
 
 def encode_entry(name: bytes, value: bytes, where: str) -> bytes:

@@ -67,7 +67,3 @@ def test_xattr_helpers() -> None:
     assert f.xattr_ibody_size(0) == 0
     assert f.xattr_ibody_size(1) == 12
     assert f.xattr_icount(f.xattr_ibody_size(9)) == 9
-    assert f.xattr_split_name(b"user.foo") == (1, b"foo")
-    assert f.xattr_split_name(b"system.posix_acl_access") == (2, b"")
-    assert f.xattr_split_name(b"security.selinux") == (6, b"selinux")
-    assert f.xattr_split_name(b"system.other") is None
