@@ -829,22 +829,37 @@ COMPACT_2B_PACK: Final = 32
 
 
 # ---------------------------------------------------------------------------
-# Sizes, as the kernel asserts them at build time
+# Sizes, as the kernel checks them at build time (BUILD_BUG_ON in
+# erofs_check_ondisk_layout_definitions).  Not ``assert``: ``python -O``
+# would strip it.
 
-assert _SB.size == SuperBlock.SIZE == 128
-assert _COMPACT.size == CompactInode.SIZE == 32
-assert _EXTENDED.size == ExtendedInode.SIZE == 64
-assert DIRENT_STRUCT.size == Dirent.SIZE == 12
-assert _XATTR_IBODY_HEADER.size == XattrIbodyHeader.SIZE == 12
-assert _XATTR_ENTRY.size == XattrEntry.SIZE == 4
-assert _XATTR_LONG_PREFIX.size == XattrLongPrefix.SIZE == 3
-assert _MAP_HEADER.size == MapHeader.SIZE == 8
-assert _FULL_INDEX.size == LclusterIndex.SIZE == 8
-assert _CHUNK_INDEX.size == 8 and CHUNK_BLOCKMAP.size == 4
-assert _DEVICE_SLOT.size == DeviceSlot.SIZE == EROFS_DEVT_SLOT_SIZE
-assert _LZ4_CFGS.size == Lz4Cfgs.SIZE and _LZMA_CFGS.size == LzmaCfgs.SIZE
-assert _DEFLATE_CFGS.size == DeflateCfgs.SIZE and _ZSTD_CFGS.size == ZstdCfgs.SIZE
-assert _SB_EXT_METABOX.size == EROFS_SB_EXTSLOT_SIZE
+
+def _check_size(structure: str, expected: int, *sizes: int) -> None:
+    """Refuse the import when a declared layout is not ``expected`` bytes."""
+    for size in sizes:
+        if size != expected:
+            raise RuntimeError(
+                f"fusefs.erofs.format: {structure} is {size} bytes, expected {expected}"
+            )
+
+
+_check_size("struct erofs_super_block", 128, _SB.size, SuperBlock.SIZE)
+_check_size("the superblock extension slot", EROFS_SB_EXTSLOT_SIZE, _SB_EXT_METABOX.size)
+_check_size("struct erofs_inode_compact", 32, _COMPACT.size, CompactInode.SIZE)
+_check_size("struct erofs_inode_extended", 64, _EXTENDED.size, ExtendedInode.SIZE)
+_check_size("struct erofs_inode_chunk_index", 8, _CHUNK_INDEX.size)
+_check_size("a chunk block map entry", 4, CHUNK_BLOCKMAP.size)
+_check_size("struct erofs_deviceslot", EROFS_DEVT_SLOT_SIZE, _DEVICE_SLOT.size, DeviceSlot.SIZE)
+_check_size("struct erofs_dirent", 12, DIRENT_STRUCT.size, Dirent.SIZE)
+_check_size("struct erofs_xattr_ibody_header", 12, _XATTR_IBODY_HEADER.size, XattrIbodyHeader.SIZE)
+_check_size("struct erofs_xattr_entry", 4, _XATTR_ENTRY.size, XattrEntry.SIZE)
+_check_size("struct erofs_xattr_long_prefix", 3, _XATTR_LONG_PREFIX.size, XattrLongPrefix.SIZE)
+_check_size("struct z_erofs_lz4_cfgs", 14, _LZ4_CFGS.size, Lz4Cfgs.SIZE)
+_check_size("struct z_erofs_lzma_cfgs", 14, _LZMA_CFGS.size, LzmaCfgs.SIZE)
+_check_size("struct z_erofs_deflate_cfgs", 6, _DEFLATE_CFGS.size, DeflateCfgs.SIZE)
+_check_size("struct z_erofs_zstd_cfgs", 6, _ZSTD_CFGS.size, ZstdCfgs.SIZE)
+_check_size("struct z_erofs_map_header", 8, _MAP_HEADER.size, MapHeader.SIZE)
+_check_size("struct z_erofs_lcluster_index", 8, _FULL_INDEX.size, LclusterIndex.SIZE)
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
+
 from fusefs.erofs import format as f
 
 
@@ -67,3 +69,9 @@ def test_xattr_helpers() -> None:
     assert f.xattr_ibody_size(0) == 0
     assert f.xattr_ibody_size(1) == 12
     assert f.xattr_icount(f.xattr_ibody_size(9)) == 9
+
+
+def test_layout_size_check_names_the_structure() -> None:
+    f._check_size("struct erofs_dirent", 12, 12)
+    with pytest.raises(RuntimeError, match="struct erofs_dirent is 13 bytes, expected 12"):
+        f._check_size("struct erofs_dirent", 12, 12, 13)
