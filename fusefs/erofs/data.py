@@ -223,7 +223,6 @@ def fill_plain(
         mem.cache.release_pages([pg for pg, _created in got])
         raise
     finally:
-        for pg in locked:
-            pg.unlock()
+        mem.arena.end_read(locked, False)  # unlock each: uptodate is already set
     mem.cache.release_pages([pg for pg, _created in got[1:]])
     return got[0][0], p + len(got)

@@ -87,7 +87,6 @@ PS: Final = PAGE_SIZE
 INODE_CACHE_SIZE: Final = 8192
 DIRBLOCK_CACHE_SIZE: Final = 2048
 MAX_SYMLINK: Final = 65536
-_MAX_FRAGMENT_DEPTH: Final = 2
 
 
 class ErofsFilesystem(Filesystem):
@@ -109,7 +108,10 @@ class ErofsFilesystem(Filesystem):
         self.dir_cache: BoundedCache[tuple[int, int], list[f.DirEntryRecord]] = BoundedCache(
             DIRBLOCK_CACHE_SIZE
         )
-        self._fragment_depth = 0
+        # under self.lock: the nids being read (outermost first), and whether
+        # the packed inode is one of them
+        self._reading: list[int] = []
+        self._reading_packed = False
         self.reader = ReadMemory(memory, fmt="erofs")
         self.arena = self.reader.arena
         self.sequential = SequentialReads()
@@ -172,24 +174,25 @@ class ErofsFilesystem(Filesystem):
         end = min(offset + size, inode.size)
         if offset >= end:
             return b""
-        nid = inode.nid
-        image, sbi = self.image, self.sbi
         with self.lock:
-            sequential = self.sequential.note(nid, offset, end)
-            p_end = (end - 1) // PS + 1
-            if zmap is None:
-                return filemap_read(
-                    self.reader,
-                    nid,
-                    offset,
-                    end,
-                    lambda p: fill_plain(self.reader, image, sbi, inode, p, p_end),
-                )
-            zdata = self.zdata
-            limit = None if sequential else p_end
+            self._reading.append(inode.nid)
+            try:
+                return self._read_locked(inode, zmap, offset, end)
+            finally:
+                self._reading.pop()
+
+    def _read_locked(self, inode: ErofsInode, zmap: ZMap | None, offset: int, end: int) -> bytes:
+        """``_read_data`` with the data lock held."""
+        nid = inode.nid
+        image, sbi, mem = self.image, self.sbi, self.reader
+        sequential = self.sequential.note(nid, offset, end)
+        p_end = (end - 1) // PS + 1
+        if zmap is None:
             return filemap_read(
-                self.reader, nid, offset, end, lambda p: zdata.fill(inode, zmap, p, limit)
+                mem, nid, offset, end, lambda p: fill_plain(mem, image, sbi, inode, p, p_end)
             )
+        zdata, limit = self.zdata, None if sequential else p_end
+        return filemap_read(mem, nid, offset, end, lambda p: zdata.fill(inode, zmap, p, limit))
 
     def _read_meta(self, inode: ErofsInode, offset: int, size: int) -> bytes:
         """Directory and symlink bytes: straight from the image for
@@ -204,20 +207,26 @@ class ErofsFilesystem(Filesystem):
         nid = self.sbi.sb.packed_nid
         if not nid or not self.sbi.has(f.EROFS_FEATURE_INCOMPAT_FRAGMENTS):
             raise CorruptImageError("fragment without a packed inode", structure="erofs superblock")
-        if self._fragment_depth >= _MAX_FRAGMENT_DEPTH:
-            raise CorruptImageError(
-                "packed inode refers to itself", structure="erofs packed inode", nid=nid
-            )
-        self._fragment_depth += 1
-        try:
+        with self.lock:  # the reading state belongs to the thread holding it
+            if self._reading_packed:
+                # erofs: the packed inode's own data cannot be a fragment of
+                # itself; reading it would loop (and relock its own pages)
+                raise CorruptImageError(
+                    f"loop through the packed inode: reading nid {self._reading[0]} needs"
+                    f" a fragment, and the packed inode's own data is a fragment",
+                    structure="erofs packed inode",
+                    nid=nid,
+                )
             packed = self._inode(Nid(nid))
             if not packed.is_reg:
                 raise CorruptImageError(
                     "packed inode is not a regular file", structure="erofs packed inode", nid=nid
                 )
-            data = self._read_data(packed, off, size)
-        finally:
-            self._fragment_depth -= 1
+            self._reading_packed = True
+            try:
+                data = self._read_data(packed, off, size)
+            finally:
+                self._reading_packed = False
         if len(data) != size:
             raise CorruptImageError(
                 f"fragment [{off}, {off + size}) beyond the packed inode",

@@ -69,6 +69,7 @@ class ZData:
         self.pending = collections.OrderedDict()
         self.pending_max = max(1, min(PENDING_MAX, mem.arena.nr_pages // 32))
         self.strategy: DecodeStrategy = make_strategy(strategy, mem, image, sbi)
+        self._fragments: dict[int, bytes] = {}  # the fill's fragments, by extent start
 
     def fill(self, inode: ErofsInode, zmap: ZMap, p: int, p_end: int | None) -> tuple[Page, int]:
         """Decode the extents overlapping page ``p`` that it does not hold yet
@@ -95,7 +96,16 @@ class ZData:
         if not maps:
             raise CorruptImageError(f"page {p} maps to no data", structure="erofs data", nid=nid)
         limit = max(p_end, p + 1) * PS if p_end is not None else inode.size
-        page, upto = self.strategy.run(self, inode, maps, p, limit)
+        # Fragments first: reading one reads the packed inode, through this
+        # same path and strategy (its buffers, its reclaim), so it must be
+        # done before this fill takes any page or buffer of its own.
+        self._fragments = {
+            m.la: self.read_fragment(m.fragmentoff, m.llen) for m in maps if m.flags & FRAGMENT
+        }
+        try:
+            page, upto = self.strategy.run(self, inode, maps, p, limit)
+        finally:
+            self._fragments = {}
         if not page.is_uptodate:
             self.mem.cache.release(page)
             raise CorruptImageError(f"page {p} was not filled", structure="erofs data", nid=nid)
@@ -111,7 +121,7 @@ class ZData:
         if m.flags & META:
             return self.image.slice(m.pa, m.plen, structure="erofs inline pcluster", nid=inode.nid)
         if m.flags & FRAGMENT:
-            return memoryview(self.read_fragment(m.fragmentoff, m.llen))
+            return memoryview(self._fragments[m.la])  # read by fill()
         return strategy.read_input(undo, inode.nid, m)
 
     def decode(self, inode: ErofsInode, m: Map, src: memoryview, dst: memoryview) -> None:

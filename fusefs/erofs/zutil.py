@@ -229,8 +229,8 @@ class MappedStrategy(DecodeStrategy):
             page = zd.settle(inode, held, ranges, want)
             return page, zd.uptodate_run(held, want)
         finally:
-            for pg in locked:
-                pg.unlock()
+            # unlock each (uptodate was set on the complete ones): one call
+            mem.arena.end_read(locked, False)
             mem.cache.release_pages(held.values())
 
 
