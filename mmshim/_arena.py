@@ -382,10 +382,14 @@ class Arena:
         slot = _SLOT[id(owners[0].kind)]
         notify = bool(self._observers)
         taken = 0  # since the occupancy counters were last brought up to date
-        for owner in owners:
+        run_pfn = run_end = 0  # frames of a block being used up (BuddyAllocator.alloc0_run)
+        for i, owner in enumerate(owners):
             if count_each:
                 self._alloc_calls += 1
-            if free0:
+            if run_pfn < run_end:
+                head = pages[run_pfn]
+                run_pfn += 1
+            elif free0:
                 while True:  # BuddyAllocator.alloc(0) when an order-0 block is free
                     pfn = heappop(heap0)
                     if pfn in free0:
@@ -397,33 +401,46 @@ class Arena:
                 if taken:  # (if not, the peak and counts are already up to date)
                     self._account_order0(taken, slot)
                     taken = 0
-                if not buddy.nr_free and not notify and self._shrinkers:
-                    donor = self._frame_donors.get(self._shrinkers[0])
-                    donated = donor() if donor is not None else None
-                    if donated is not None:  # reclaim freed one page and we took it
-                        owner_frames = self._owner_frames
-                        owner_frames[_SLOT[id(donated.owner.kind)]] -= 1
-                        owner_frames[slot] += 1
-                        donated._flags = 0
-                        donated.owner = owner
-                        got.append(donated)
-                        continue
-                got_pfn = buddy.alloc(0) if buddy.nr_free else None
-                if got_pfn is None:
-                    got_pfn = self._alloc_slowpath(0)
-                if got_pfn is None:
-                    self._alloc_failures += 1
-                    free = buddy.nr_free
-                    err = AllocError(
-                        f"alloc_pages(order=0) for {owner}: no free block of "
-                        f"1 frames ({free} frames free, "
-                        f"largest free order {buddy.largest_free_order()})",
-                        order=0,
-                        frames_free=free,
-                    )
-                    return got, err
+                if buddy.nr_free and not notify:
+                    # No order-0 block: take at once the frames that successive
+                    # alloc(0) calls would split off the same block in turn.
+                    got_pfn, nr, rest = buddy.alloc0_run(len(owners) - i)
+                    pages[got_pfn]._order = 0  # was the whole block's
+                    for pfn, order in rest:
+                        pages[pfn]._order = order
+                    run_pfn, run_end = got_pfn + 1, got_pfn + nr
+                elif buddy.nr_free:  # one by one: an observer sees every split
+                    split = buddy.alloc(0)
+                    assert split is not None  # something is free, so a block splits
+                    got_pfn = split
+                else:
+                    if not notify and self._shrinkers:
+                        donor = self._frame_donors.get(self._shrinkers[0])
+                        donated = donor() if donor is not None else None
+                        if donated is not None:  # reclaim freed one page and we took it
+                            owner_frames = self._owner_frames
+                            owner_frames[_SLOT[id(donated.owner.kind)]] -= 1
+                            owner_frames[slot] += 1
+                            donated._flags = 0
+                            donated.owner = owner
+                            got.append(donated)
+                            continue
+                    reclaimed = self._alloc_slowpath(0)
+                    if reclaimed is None:
+                        self._alloc_failures += 1
+                        free = buddy.nr_free
+                        err = AllocError(
+                            f"alloc_pages(order=0) for {owner}: no free block of "
+                            f"1 frames ({free} frames free, "
+                            f"largest free order {buddy.largest_free_order()})",
+                            order=0,
+                            frames_free=free,
+                        )
+                        return got, err
+                    got_pfn = reclaimed
                 head = pages[got_pfn]
-                # The buddy allocator split a larger block: mark the halves it gave back.
+                # The buddy allocator split a larger block: mark the halves it
+                # gave back.  (alloc0_run's are marked above.)
                 for k in range(head._order):
                     pages[got_pfn + (1 << k)]._order = k
                 head._order = 0
@@ -616,6 +633,9 @@ class Arena:
         """
         with self._lock:
             self._check_open()
+            owner_frames = self._owner_frames
+            free0 = self._buddy.free0
+            frames = self._pages
             for page in pages:
                 if (
                     page._arena is not self
@@ -624,7 +644,24 @@ class Arena:
                     or page._order
                 ):
                     self._free_pages(page, 0)  # raises, as free_pages would
-                elif self._put(page) and self._observers:
+                    continue
+                if page.refcount > 1:
+                    page.refcount -= 1
+                    continue
+                # _put and _free_folio of an order-0 page, inline
+                if page.mapcount or page._flags & _CHECK_AT_FREE:
+                    self._check_free(page)  # raises
+                page.refcount = 0
+                page._flags = F_FREE
+                owner_frames[_SLOT[id(page.owner.kind)]] -= 1
+                owner_frames[_FREE_SLOT] += 1
+                page.owner = _OWNER_FREE
+                merged_pfn, merged_order, merged = free0(page.pfn)
+                if merged is not None:
+                    for pfn, _ in merged:
+                        frames[pfn]._order = 0
+                    frames[merged_pfn]._order = merged_order
+                if self._observers:
                     self._notify()
 
     def alloc_pages_exact(self, nr_pages: int, owner: Owner = Owner.OTHER) -> list[Page]:

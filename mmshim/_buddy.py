@@ -66,6 +66,40 @@ class BuddyAllocator:
         self.nr_free -= 1 << order
         return pfn
 
+    def alloc0_run(self, nr: int) -> tuple[int, int, list[tuple[int, int]]]:
+        """Up to ``nr`` successive ``alloc(0)`` calls at once, when no order-0 block is free.
+
+        Each such call splits the lowest block of the smallest free order k
+        and takes its first frame; as the halves it gives back are then the
+        only blocks below order k, the calls after it take the block's next
+        frames in turn, until the block is used up.  So this takes the
+        first ``m = min(nr, 2**k)`` frames of that block and frees the rest
+        as the blocks those calls would have left (the binary decomposition
+        of the remainder).  Returns the first pfn, ``m`` and those blocks as
+        ``(pfn, order)``.  Nothing may be free at order 0; something must be
+        free.
+        """
+        assert not self._free[0] and self.nr_free and nr > 0
+        order = 1
+        while not self._free[order]:
+            order += 1
+        free, heap = self._free[order], self._heaps[order]
+        while True:
+            pfn = heapq.heappop(heap)
+            if pfn in free:
+                free.remove(pfn)
+                break
+        taken = min(nr, 1 << order)
+        rest: list[tuple[int, int]] = []
+        start, end = pfn + taken, pfn + (1 << order)
+        while start < end:
+            k = ((start - pfn) & -(start - pfn)).bit_length() - 1  # its alignment
+            self._insert(start, k)
+            rest.append((start, k))
+            start += 1 << k
+        self.nr_free -= taken
+        return pfn, taken, rest
+
     def free0(self, pfn: int) -> tuple[int, int, list[tuple[int, int]] | None]:
         """:meth:`free` of an order-0 block, without the checks an order-0 block cannot fail.
 
@@ -83,8 +117,23 @@ class BuddyAllocator:
             if len(heap) > 2 * len(free) + 64:
                 heap[:] = sorted(free)
             return pfn, 0, None
-        self.nr_free -= 1
-        return self.free(pfn, 0)
+        absorbed = []
+        order = 0
+        max_order = self.max_order
+        while True:  # free()'s merge loop; the first buddy is known to be free
+            free.remove(buddy)  # its heap entry goes stale
+            absorbed.append((buddy, order))
+            if buddy < pfn:
+                pfn = buddy
+            order += 1
+            if order == max_order:
+                break
+            buddy = pfn ^ (1 << order)
+            free = free_lists[order]
+            if buddy not in free:
+                break
+        self._insert(pfn, order)
+        return pfn, order, absorbed
 
     def free(self, pfn: int, order: int) -> tuple[int, int, list[tuple[int, int]]]:
         """Give a block back, merging with free buddies.

@@ -298,3 +298,38 @@ def test_freeing_a_locked_or_cached_page_is_refused(make_arena: MakeArena) -> No
     assert page.refcount == 1 and not page.is_free
     cache.close()
     assert page.is_free
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nr_frames=st.sampled_from([16, 100, 128, 1500]),
+    script=st.lists(st.tuples(st.booleans(), st.integers(0, 4)), max_size=40),
+    nr=st.integers(1, 40),
+)
+def test_alloc0_run_is_successive_alloc0_calls(
+    nr_frames: int, script: list[tuple[bool, int]], nr: int
+) -> None:
+    """From any state with no free order-0 block, one run == its alloc(0) calls in a row."""
+    twins = [BuddyAllocator(nr_frames, MAX_ORDER) for _ in range(2)]
+    held: list[tuple[int, int]] = []
+    for alloc, order in script:  # the same history on both
+        if alloc or not held:
+            pfns = {b.alloc(order) for b in twins}
+            assert len(pfns) == 1
+            pfn = pfns.pop()
+            if pfn is not None:
+                held.append((pfn, order))
+        else:
+            pfn, order = held.pop(order % len(held))
+            for b in twins:
+                b.free(pfn, order)
+    run, single = twins
+    while run.free_counts()[0]:  # use up the order-0 blocks: alloc0_run's precondition
+        assert run.alloc(0) == single.alloc(0)
+    while run.nr_free and not run.free_counts()[0]:
+        first, taken, rest = run.alloc0_run(nr)
+        assert 1 <= taken <= nr
+        assert [single.alloc(0) for _ in range(taken)] == list(range(first, first + taken))
+        assert run.free_blocks() == single.free_blocks() and run.nr_free == single.nr_free
+        assert set(rest) <= set(run.free_blocks())
+        nr = max(1, nr - taken)
