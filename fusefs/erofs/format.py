@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Final, NamedTuple, NewType
+from typing import ClassVar, Final, NamedTuple, NewType
 
 Nid = NewType("Nid", int)
 BlkAddr = NewType("BlkAddr", int)
@@ -860,43 +860,3 @@ _check_size("struct z_erofs_deflate_cfgs", 6, _DEFLATE_CFGS.size, DeflateCfgs.SI
 _check_size("struct z_erofs_zstd_cfgs", 6, _ZSTD_CFGS.size, ZstdCfgs.SIZE)
 _check_size("struct z_erofs_map_header", 8, _MAP_HEADER.size, MapHeader.SIZE)
 _check_size("struct z_erofs_lcluster_index", 8, _FULL_INDEX.size, LclusterIndex.SIZE)
-
-
-# ---------------------------------------------------------------------------
-# TEMPORARY re-exports for zmap/zdata/data/fs until the read-path rewrite lands.
-# These names moved to fusefs.erofs.dirent and fusefs.erofs.zindex, which
-# import this module, so the lookup is lazy (PEP 562): either side may be
-# imported first.  Delete this whole block once zmap.py and fs.py import the
-# names from their new modules.
-
-if TYPE_CHECKING:
-    from fusefs.erofs.dirent import DirEntryRecord as DirEntryRecord
-    from fusefs.erofs.dirent import unpack_dirent_block as unpack_dirent_block
-    from fusefs.erofs.zindex import CompactEntry as CompactEntry
-    from fusefs.erofs.zindex import DecodedLcluster as DecodedLcluster
-    from fusefs.erofs.zindex import compact_layout as compact_layout
-    from fusefs.erofs.zindex import decode_compact_entry as decode_compact_entry
-    from fusefs.erofs.zindex import decode_compact_pack as decode_compact_pack
-    from fusefs.erofs.zindex import decode_full_index as decode_full_index
-    from fusefs.erofs.zindex import pack_geometry as pack_geometry
-else:
-    import importlib
-
-    _MOVED: Final = {
-        "DirEntryRecord": "fusefs.erofs.dirent",
-        "unpack_dirent_block": "fusefs.erofs.dirent",
-        "CompactEntry": "fusefs.erofs.zindex",
-        "DecodedLcluster": "fusefs.erofs.zindex",
-        "compact_layout": "fusefs.erofs.zindex",
-        "decode_compact_entry": "fusefs.erofs.zindex",
-        "decode_compact_pack": "fusefs.erofs.zindex",
-        "decode_full_index": "fusefs.erofs.zindex",
-        "pack_geometry": "fusefs.erofs.zindex",
-    }
-
-    def __getattr__(name: str) -> object:
-        if name not in _MOVED:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(_MOVED[name]), name)
-        globals()[name] = value  # looked up once; later reads are plain attributes
-        return value

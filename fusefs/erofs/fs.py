@@ -26,6 +26,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 from fusefs.erofs import format as f
 from fusefs.erofs.data import MAPPED, META, PARTIAL_REF, fill_plain, iter_maps, read_plain
 from fusefs.erofs.dir import block_maxsize, dir_nblocks, iter_entries
+from fusefs.erofs.dirent import DirEntryRecord, unpack_dirent_block
 from fusefs.erofs.format import Nid
 from fusefs.erofs.inode import ErofsInode, read_inode
 from fusefs.erofs.namei import find_entry
@@ -105,7 +106,7 @@ class ErofsFilesystem(Filesystem):
         self.inode_cache: BoundedCache[int, tuple[ErofsInode, ZMap | None]] = BoundedCache(
             INODE_CACHE_SIZE
         )
-        self.dir_cache: BoundedCache[tuple[int, int], list[f.DirEntryRecord]] = BoundedCache(
+        self.dir_cache: BoundedCache[tuple[int, int], list[DirEntryRecord]] = BoundedCache(
             DIRBLOCK_CACHE_SIZE
         )
         # under self.lock: the nids being read (outermost first), and whether
@@ -237,7 +238,7 @@ class ErofsFilesystem(Filesystem):
 
     # -- directories -------------------------------------------------------------
 
-    def _dir_block(self, inode: ErofsInode, blk: int) -> list[f.DirEntryRecord]:
+    def _dir_block(self, inode: ErofsInode, blk: int) -> list[DirEntryRecord]:
         key = (inode.nid, blk)
         hit = self.dir_cache.get(key)
         if hit is not None:
@@ -245,7 +246,7 @@ class ErofsFilesystem(Filesystem):
         bs = self.sbi.block_size
         maxsize = block_maxsize(inode.size, bs, blk)
         data = self._read_meta(inode, blk * bs, maxsize)
-        entries = f.unpack_dirent_block(data, maxsize, nid=inode.nid, offset=blk * bs)
+        entries = unpack_dirent_block(data, maxsize, nid=inode.nid, offset=blk * bs)
         return self.dir_cache.put(key, entries)
 
     def _dir(self, ino: Ino) -> ErofsInode:
@@ -254,7 +255,7 @@ class ErofsFilesystem(Filesystem):
             raise NotADirectoryFsError(f"erofs inode nid {inode.nid}: not a directory")
         return inode
 
-    def _dirent_type(self, rec: f.DirEntryRecord) -> int:
+    def _dirent_type(self, rec: DirEntryRecord) -> int:
         t = f.mode_type_from_ftype(rec.file_type)
         if not t:
             t = stat.S_IFMT(self._inode(Nid(rec.nid)).mode)
@@ -298,7 +299,7 @@ class ErofsFilesystem(Filesystem):
         d = _clean_errors(self._dir)(ino)
         nblocks = dir_nblocks(d.size, self.sbi.block_size)
 
-        def get_block(blk: int) -> list[f.DirEntryRecord]:
+        def get_block(blk: int) -> list[DirEntryRecord]:
             return self._dir_block(d, blk)
 
         entries = iter_entries(get_block, nblocks, offset)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fusefs.erofs import format as f
+from fusefs.erofs import zindex as zi
 from fusefs.erofs.data import ENCODED, FRAGMENT, MAPPED, META, PARTIAL_REF, Map
 from fusefs.erofs.inode import ErofsInode
 from fusefs.erofs.super import ErofsSuper
@@ -28,9 +29,9 @@ class _Pack:
 
     start: int
     first: int
-    entries: list[f.CompactEntry]
+    entries: list[zi.CompactEntry]
     base: int
-    decoded: list[f.DecodedLcluster | None]
+    decoded: list[zi.DecodedLcluster | None]
 
 
 class ZMap:
@@ -89,7 +90,7 @@ class ZMap:
         self.lcsize = 1 << self.lclusterbits
         self.total = -(-self.size // sbi.block_size)  # the kernel counts blocks
         self.layout = (
-            f.compact_layout(
+            zi.compact_layout(
                 self.header_pos + f.MapHeader.SIZE,
                 self.total,
                 bool(self.advise & f.Z_EROFS_ADVISE_COMPACTED_2B),
@@ -131,7 +132,7 @@ class ZMap:
             return self.layout.next_pack_offset(lcn)
         return f.full_index_pos(self.header_pos, lcn) + f.LclusterIndex.SIZE
 
-    def load(self, lcn: int) -> f.DecodedLcluster:
+    def load(self, lcn: int) -> zi.DecodedLcluster:
         """The index of lcluster ``lcn``, decoded.  The lclusters of the
         compact pack visited last are kept decoded: a sequential read asks
         for each of them several times."""
@@ -149,14 +150,15 @@ class ZMap:
                 pos = f.full_index_pos(self.header_pos, lcn)
                 raw = self.image.slice(pos, f.LclusterIndex.SIZE, structure=_STRUCT, nid=self.nid)
                 big = self.big1 or self.big2
-                d = f.decode_full_index(f.LclusterIndex.unpack_from(raw), self.lclusterbits, big)
+                d = zi.decode_full_index(f.LclusterIndex.unpack_from(raw), self.lclusterbits, big)
                 memo = None
             else:
                 if memo is None:
                     memo = self._compact_pack(lcn)
-                i = lcn - memo.first
                 # decoded on demand: fields past the last lcluster may be garbage
-                d = f.decode_compact_entry(memo.entries, memo.base, i, self.lclusterbits, self.big1)
+                d = zi.decode_compact_entry(
+                    memo.entries, memo.base, lcn - memo.first, self.lclusterbits, self.big1
+                )
         except ValueError as e:
             raise self._bad(f"lcluster {lcn}: {e}") from None
         if d.type != f.Z_EROFS_LCLUSTER_TYPE_NONHEAD and d.clusterofs >= self.lcsize:
@@ -169,7 +171,7 @@ class ZMap:
         """The compact pack holding lcluster ``lcn``'s index, its fields read."""
         assert self.layout is not None
         pos, amort = self.layout.position(lcn)
-        geo = f.pack_geometry(amort, self.lclusterbits)
+        geo = zi.pack_geometry(amort, self.lclusterbits)
         if geo is None:
             raise UnsupportedFeatureError(
                 f"erofs inode nid {self.nid}: {amort}B compact indexes "
@@ -180,12 +182,12 @@ class ZMap:
         if memo is not None and memo.start == start:
             return memo
         raw = self.image.slice(start, geo.pack_size, structure=_STRUCT, nid=self.nid)
-        entries, base = f.decode_compact_pack(raw, geo)
+        entries, base = zi.decode_compact_pack(raw, geo)
         first = lcn - (pos - start) // amort
         memo = self._pack_memo = _Pack(start, first, entries, base, [None] * len(entries))
         return memo
 
-    def _lookback(self, lcn: int, distance: int) -> tuple[f.DecodedLcluster, int]:
+    def _lookback(self, lcn: int, distance: int) -> tuple[zi.DecodedLcluster, int]:
         # every step goes strictly back, so the walk ends
         while True:
             if distance <= 0 or distance > lcn:
@@ -196,7 +198,7 @@ class ZMap:
                 return m, lcn
             distance = m.delta0
 
-    def _locate(self, la: int) -> tuple[f.DecodedLcluster, int, int]:
+    def _locate(self, la: int) -> tuple[zi.DecodedLcluster, int, int]:
         """``(head index, head lcn, extent start)`` of the extent holding ``la``."""
         lcn, endoff = divmod(la, self.lcsize)
         m = self.load(lcn)
@@ -231,7 +233,7 @@ class ZMap:
                     f"erofs inode nid {self.nid}: extent at {m_la} decodes to more than 12 MiB"
                 )
 
-    def _compressed_blocks(self, head: f.DecodedLcluster, hlcn: int) -> int:
+    def _compressed_blocks(self, head: zi.DecodedLcluster, hlcn: int) -> int:
         big = self.big1 if head.type == f.Z_EROFS_LCLUSTER_TYPE_HEAD1 else self.big2
         if not big or (hlcn + 1) * self.lcsize >= self.size:
             return 1
