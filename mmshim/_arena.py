@@ -365,11 +365,14 @@ class Arena:
         the caller gives the pages back (:meth:`_unwind_order0`) or keeps
         them.  The lock must be held.
 
-        This is ``alloc_pages(0)`` and ``_prep_new_folio`` inline: while an
-        order-0 block is free, the buddy allocator would take the lowest of
-        them (its heap's first live entry), so that is taken here directly;
-        otherwise the buddy allocator splits a larger block, or reclaim runs,
-        exactly as for a single call.
+        This is ``alloc_pages(0)`` and ``_prep_new_folio`` inline, taking
+        each frame the successive single calls would take: the lowest free
+        order-0 block, straight off the buddy heap; if there is none, the
+        frames successive splits of one block give, at once
+        (:meth:`BuddyAllocator.alloc0_run`; one split at a time while an
+        observer watches); if nothing is free, the frame the first
+        shrinker's donor hands over (see :meth:`_register_frame_donor`), or
+        else reclaim as :meth:`_alloc_slowpath` does it.
         """
         if self._largest_alloc_order < 0:
             self._largest_alloc_order = 0

@@ -6,7 +6,10 @@ each folio it contains; ``find``/``find_or_create`` hand the caller another,
 which the caller drops with :meth:`PageCache.release` (or ``put_page``).
 A folio is evictable when only the cache holds it and it is unlocked, clean
 and not vmapped.  The cache registers itself as a shrinker of its arena, so
-an allocation that would fail first evicts the least recently used folios.
+an allocation that would fail first evicts the least recently used folios
+(and, as the arena's frame donor, hands an evicted order-0 page's frame
+straight to the allocation that needed it, which is where the buddy
+allocator would have put it anyway).
 
 The cache shares its arena's lock: the arena calls the shrinker with its
 lock held, and the cache calls the arena with the cache's lock held, so one
@@ -134,16 +137,18 @@ class PageCache:
             return self._get_or_create(mapping_id, index)
 
     def _get_or_create(self, mapping_id: Hashable, index: int) -> tuple[Page, bool]:
-        key = (mapping_id, index)
-        page = self._lookup(key)
-        if page is not None:
+        page = self._pages.get((mapping_id, index))
+        if page is not None:  # a hit: _lookup inline
+            self._hits += 1
+            head = page.head
+            if head._flags & F_FREE or head.refcount <= 0:
+                self.arena.get_page(page)  # raises, naming the page
+            head.refcount += 1
+            self._lru.move_to_end(head.pfn)
             return page, False
-        page = self.arena.alloc_pages(0, Owner.page_cache(mapping_id, index))
-        page._flags |= F_LOCKED | F_LRU
-        self._pages[key] = page
-        self._insert(mapping_id, index, page)
-        page.refcount += 1  # the caller's; alloc_pages' is the cache's
-        return page, True
+        got: list[tuple[Page, bool]] = []
+        self._get_or_create_into(got, mapping_id, index, index + 1)
+        return got[0]
 
     # -- batches: one lock and one call for a run of pages ----------------------
 
@@ -217,7 +222,6 @@ class PageCache:
         pages = self._pages
         lru = self._lru
         arena = self.arena
-        file = self._files.get(mapping_id)
         while i < end:
             page = pages.get((mapping_id, i))
             if page is not None:
@@ -233,6 +237,9 @@ class PageCache:
             j = i + 1
             while j < end and (mapping_id, j) not in pages:
                 j += 1
+            if arena._closed:  # the lookup missed, then alloc_pages raises
+                self._misses += 1
+                arena._check_open()
             new, err = arena._alloc_order0(
                 [Owner.page_cache(mapping_id, k) for k in range(i, j)], count_each=True
             )
@@ -241,10 +248,9 @@ class PageCache:
                 arena._unwind_order0(new)
                 raise err
             self._misses += j - i
-            if file is None or mapping_id not in self._files:  # reclaim may have dropped it
-                file = self._files.get(mapping_id)
-                if file is None:
-                    file = self._files[mapping_id] = {}
+            file = self._files.get(mapping_id)  # (after reclaim, which may drop it)
+            if file is None:
+                file = self._files[mapping_id] = {}
             for k, page in enumerate(new, i):
                 page._flags = F_LOCKED | F_LRU
                 page.refcount = 2  # the allocation's is the cache's; the caller's

@@ -19,6 +19,7 @@ from mmshim import (
     AllocError,
     Arena,
     BadPageStateError,
+    MmshimError,
     Owner,
     Page,
     PageCache,
@@ -490,3 +491,17 @@ def test_contig_view_checks_every_page(make_arena: MakeArena) -> None:
         arena.contig_view(pages)
     arena.free_pages_bulk(pages[:3])
     arena.free_pages(folio)
+
+
+def test_cache_on_a_closed_arena_still_finds_but_cannot_allocate() -> None:
+    arena = Arena(8 * PAGE_SIZE, "mmu")
+    cache = PageCache(arena)
+    page = cache.find_or_create("f", 0)  # held: close() reports it, the cache keeps it
+    with pytest.raises(MmshimError):
+        arena.close()
+    got = cache.get_or_create_range("f", 0, 1)
+    assert got == [(page, False)]
+    for call in (lambda: cache.get_or_create_range("f", 0, 3), lambda: cache.get_or_create("f", 1)):
+        with pytest.raises(MmshimError, match="closed"):
+            call()
+    assert cache.counters.misses == 1 + 2 and page.refcount == 3
