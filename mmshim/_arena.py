@@ -421,6 +421,8 @@ class Arena:
                         donor = self._frame_donors.get(self._shrinkers[0])
                         donated = donor() if donor is not None else None
                         if donated is not None:  # reclaim freed one page and we took it
+                            if donated.refcount != 1 or donated.mapcount or donated._order:
+                                raise AssertionError(f"frame donor handed over {donated!r}")
                             owner_frames = self._owner_frames
                             owner_frames[_SLOT[id(donated.owner.kind)]] -= 1
                             owner_frames[slot] += 1
