@@ -15,7 +15,7 @@ import zlib
 
 import zstandard
 
-from fusefs import _liblz4
+from fusefs.codecs import lz4 as _liblz4
 from fusefs.erofs import format as f
 from fusefs.erofs.super import CompressionConfig
 from fusefs.errors import CorruptImageError, UnsupportedFeatureError

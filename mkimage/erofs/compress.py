@@ -15,7 +15,7 @@ from typing import Final, Protocol
 
 import zstandard
 
-from fusefs import _liblz4
+from fusefs.codecs import lz4 as liblz4
 from fusefs.erofs.format import (
     Z_EROFS_COMPRESSION_DEFLATE,
     Z_EROFS_COMPRESSION_LZ4,
@@ -28,7 +28,7 @@ from fusefs.errors import BuildError
 # name -> (algorithm id, default level, level range)
 ALGORITHMS: Final[dict[str, tuple[int, int | None, tuple[int, int]]]] = {
     "lz4": (Z_EROFS_COMPRESSION_LZ4, None, (0, 0)),
-    "lz4hc": (Z_EROFS_COMPRESSION_LZ4, _liblz4.LZ4HC_CLEVEL_DEFAULT, (1, _liblz4.LZ4HC_CLEVEL_MAX)),
+    "lz4hc": (Z_EROFS_COMPRESSION_LZ4, liblz4.LZ4HC_CLEVEL_DEFAULT, (1, liblz4.LZ4HC_CLEVEL_MAX)),
     "zstd": (Z_EROFS_COMPRESSION_ZSTD, 3, (1, 22)),
     "deflate": (Z_EROFS_COMPRESSION_DEFLATE, 6, (0, 9)),
 }
@@ -65,7 +65,7 @@ class Codec:
         """A fresh compressor for one thread (they are not shared), for
         outputs of at most ``capacity`` bytes."""
         if self.name in ("lz4", "lz4hc"):
-            return _liblz4.DestSizeCompressor(capacity, self.level)
+            return liblz4.DestSizeCompressor(capacity, self.level)
         if self.name == "zstd":
             params = zstandard.ZstdCompressionParameters.from_level(
                 self.level or 3, window_log=self.zstd_window_log, write_checksum=0,
@@ -106,6 +106,8 @@ def parse_codec(text: str) -> Codec | None:
             raise BuildError(f"-z {text}: level {level_text!r} is not a number") from None
         if not lo <= level <= hi:
             raise BuildError(f"-z {text}: level must be in {lo}..{hi}")
+    if alg == Z_EROFS_COMPRESSION_LZ4:
+        liblz4.require()  # missing: one line now, not a failure mid-build
     return Codec(name, alg, level)
 
 
