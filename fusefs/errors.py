@@ -87,9 +87,3 @@ class InvalidArgumentError(FsError, ValueError):
 
 class ReadOnlyError(FsError):
     errno = _errno.EROFS
-
-
-class BuildError(FsError):
-    """mkimage could not build the image; the message names the source path."""
-
-    errno = _errno.EINVAL

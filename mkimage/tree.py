@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, NewType
 
-from fusefs.errors import BuildError
 from fusefs.vfs import FILE_TYPES, HasMode
+from mkimage.errors import BuildError
 
 LinkKey = NewType("LinkKey", tuple[int, int])
 """Identity of a source inode: ``(st_dev, st_ino)``; tar members get ``(-1, n)``."""

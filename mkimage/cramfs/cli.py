@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from fusefs.errors import BuildError
 from mkimage.cramfs.writer import CramfsOptions, build_cramfs
+from mkimage.errors import BuildError
 from mkimage.tree import ScanOptions, atomic_output, scan
 
 NAME = "cramfs"

@@ -65,7 +65,7 @@ from fusefs.cramfs.format import (
     rdev_encode,
     u32,
 )
-from fusefs.errors import BuildError
+from mkimage.errors import BuildError
 from mkimage.tree import Node, Tree, show
 
 Warn = Callable[[str], None]

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import Final
 
 from fusefs.erofs.format import Z_EROFS_PCLUSTER_MAX_SIZE
-from fusefs.errors import BuildError
 from mkimage.erofs.compress import ALGORITHMS, parse_codec
 from mkimage.erofs.writer import EXTENDED_OPTIONS, ErofsOptions, build_erofs
+from mkimage.errors import BuildError
 from mkimage.tree import ScanOptions, atomic_output, scan
 
 NAME: Final = "erofs"

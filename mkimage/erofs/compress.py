@@ -23,7 +23,7 @@ from fusefs.erofs.format import (
     Z_EROFS_PCLUSTER_MAX_SIZE,
     round_up,
 )
-from fusefs.errors import BuildError
+from mkimage.errors import BuildError
 
 # name -> (algorithm id, default level, level range)
 ALGORITHMS: Final[dict[str, tuple[int, int | None, tuple[int, int]]]] = {

@@ -57,7 +57,6 @@ from fusefs.erofs.format import (
     sb_checksum_length,
 )
 from fusefs.erofs.hash import superblock_checksum
-from fusefs.errors import BuildError
 from mkimage.erofs import dir as dirmod
 from mkimage.erofs import inode as inodemod
 from mkimage.erofs.data import Cutter, FileResult, flat, prepare_file
@@ -69,6 +68,7 @@ from mkimage.erofs.zmap import (
     lcluster_entries,
     rebase,
 )
+from mkimage.errors import BuildError
 from mkimage.tree import BytesData, LinkKey, Node, Tree, show
 
 __all__ = ["EXTENDED_OPTIONS", "BuildReport", "ErofsOptions", "ErofsWriter", "build_erofs"]

@@ -23,7 +23,7 @@ from fusefs.erofs.format import (
     xattr_icount,
 )
 from fusefs.erofs.hash import xattr_filter_bit
-from fusefs.errors import BuildError
+from mkimage.errors import BuildError
 
 Xattr = tuple[bytes, bytes]
 

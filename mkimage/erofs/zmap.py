@@ -30,7 +30,7 @@ from fusefs.erofs.zindex import (
     encode_compact_pack,
     pack_geometry,
 )
-from fusefs.errors import BuildError
+from mkimage.errors import BuildError
 
 _D0_MAX = Z_EROFS_LI_D0_CBLKCNT - 1
 

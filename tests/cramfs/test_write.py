@@ -11,8 +11,8 @@ import pytest
 
 from fusefs.cramfs.data import BlockMap
 from fusefs.cramfs.fs import CramfsFilesystem
-from fusefs.errors import BuildError
 from fusefs.vfs import Ino, MemoryConfig, open_image, resolve
+from mkimage.errors import BuildError
 from tests.cramfs.helpers import (
     CRAMFS_FIELDS,
     IS_ROOT,

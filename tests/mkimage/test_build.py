@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.errors import BuildError
 from fusefs.vfs import MemoryConfig, open_image
 from mkimage.erofs.compress import parse_codec
 from mkimage.erofs.writer import ErofsOptions, build_erofs
+from mkimage.errors import BuildError
 from mkimage.tree import atomic_output, scan
 from tests.conftest import Mounter
 from tests.mkimage.conftest import Build
