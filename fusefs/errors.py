@@ -8,6 +8,7 @@ the errno the FUSE adapter answers with and, where it subclasses a builtin
 from __future__ import annotations
 
 import errno as _errno
+import signal as _signal
 
 
 class FsError(Exception):
@@ -87,3 +88,25 @@ class InvalidArgumentError(FsError, ValueError):
 
 class ReadOnlyError(FsError):
     errno = _errno.EROFS
+
+
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM, SIGHUP) ended the command.
+
+    Not an FsError: like KeyboardInterrupt it is not the image's fault and
+    nothing should catch it but the command line (:mod:`fusefs.cmdline`, whose
+    handlers raise it).  Code that removes a temporary file or tree on its way
+    out records it with :func:`note_removed`, so the message can say what went.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = _signal.Signals(signum).name
+        self.removed: list[str] = []
+        super().__init__(self.name)
+
+
+def note_removed(exc: BaseException, what: str) -> None:
+    """Record that ``what`` was removed because ``exc`` ended the work."""
+    if isinstance(exc, Interrupted):
+        exc.removed.append(what)

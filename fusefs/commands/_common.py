@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 
 from fusefs.vfs import (
@@ -14,6 +15,7 @@ from fusefs.vfs import (
     open_image,
 )
 
+log = logging.getLogger("nommufs")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB])?\s*$")
 
 
@@ -84,7 +86,14 @@ def add_image_location(parser: argparse.ArgumentParser) -> None:
 
 def open_from_args(args: argparse.Namespace) -> Filesystem:
     """Open ``args.image`` as :func:`add_image_arguments` described it."""
-    return open_image(args.image, memory_from_args(args), offset=args.offset)
+    memory = memory_from_args(args)
+    fs = open_image(args.image, memory, offset=args.offset)
+    log.info(
+        "%s: %s image of %d bytes; --mm %s --decompress %s --arena %d",
+        args.image, fs.format_name, fs.image.size, memory.mm, memory.decompress,
+        memory.arena_bytes,
+    )  # fmt: skip
+    return fs
 
 
 def show_path(path: bytes) -> str:

@@ -19,7 +19,9 @@ HELP = "list files in an image"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-l", dest="long", action="store_true", help="long listing")
     parser.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories too")
-    parser.add_argument("-a", dest="all", action="store_true", help="show . and ..")
+    parser.add_argument(
+        "-a", dest="all", action="store_true", help="show names starting with '.', . and .. too"
+    )
     add_image_arguments(parser)
     parser.add_argument(
         "path", metavar="PATH", nargs="?", default="/", help="path inside the image"
@@ -45,8 +47,8 @@ def long_line(fs: Filesystem, ino: Ino, attr: Attr, name: bytes) -> bytes:
 
 def _list_dir(fs: Filesystem, ino: Ino, args: argparse.Namespace, out: BinaryIO) -> None:
     for ent in fs.readdir(ino):
-        if ent.name in (b".", b"..") and not args.all:
-            continue
+        if ent.name.startswith(b".") and not args.all:
+            continue  # ls(1): dotfiles only with -a
         if args.long:
             out.write(long_line(fs, ent.ino, fs.getattr(ent.ino), ent.name) + b"\n")
         else:

@@ -6,12 +6,14 @@ import argparse
 import sys
 import time
 
+from fusefs.cmdline import verbosity
 from mkimage.cramfs.writer import CramfsOptions, build_cramfs
 from mkimage.errors import BuildError
 from mkimage.tree import ScanOptions, atomic_output, scan
 
 NAME = "cramfs"
 HELP = "build a cramfs image (zlib, optional execute-in-place)"
+_OTHER_ORDER = {"little": "big", "big": "little"}
 
 
 def _compressor(text: str) -> int:
@@ -51,9 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-e", dest="edition", type=_edition, default=0, help="edition number")
     parser.add_argument("-n", dest="name", default="Compressed", help="volume name (16 bytes)")
-    parser.add_argument(
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument(
         "-N", dest="endian", choices=("little", "big", "host"), default="host", help="byte order"
     )
+    # mkcramfs as Buildroot and OpenWrt patch it: -r is "reverse endian-ness"
+    order.add_argument(
+        "-r", dest="endian", action="store_const", const="reverse",
+        help="the byte order opposite to this machine's (mkcramfs -r)",
+    )  # fmt: skip
     parser.add_argument("-z", dest="holes", action="store_true", help="make explicit holes")
     parser.add_argument(
         "-p", dest="pad", action="store_true", help="pad by 512 bytes for boot code"
@@ -63,7 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "-q",
-        "-r",
         "--all-root",
         dest="all_root",
         action="store_true",
@@ -92,13 +99,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--exclude-path", action="append", default=[], metavar="PATH")
     parser.add_argument("--exclude-regex", action="append", default=[], metavar="REGEX")
-    parser.add_argument("-v", dest="verbose", action="store_true", help="report what was written")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.xip_globs and not args.xip:
         raise BuildError("--xip needs -X")
-    endian = args.endian if args.endian != "host" else sys.byteorder
+    endian = {"host": sys.byteorder, "reverse": _OTHER_ORDER[sys.byteorder]}.get(
+        args.endian, args.endian
+    )
     name = args.name.encode()
     if len(name) > 16:
         print("warning: volume name truncated to 16 bytes", file=sys.stderr)
@@ -128,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         image, report = build_cramfs(tree, opts, warn)
     with atomic_output(args.out) as f:
         f.write(image)
-    if args.verbose:
+    if verbosity(args):  # -v, as mkfs.cramfs -v
         print(
             f"{args.out}: {report.size} bytes, {report.files} files, {report.blocks} blocks,"
             f" {report.holes} holes, {report.raw_blocks} raw blocks,"

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 from fusefs.vfs import MemoryConfig, open_image
+from fusefs.cmdline import parse
+from mkimage.cli import parser as mkimage_parser
 from mkimage.cramfs import cli
 from tests.trees import DEFAULT_FIELDS, Entry, build_rich_tree, diff_trees, snapshot, snapshot_fs
 
@@ -75,11 +77,14 @@ def _cut(name: str) -> str:
 
 
 def mkimage(src: Path, out: Path, *options: str) -> Path:
-    """``nommufs mkimage cramfs [options] SRC OUT``, in process."""
-    p = argparse.ArgumentParser()
-    cli.add_arguments(p)
-    assert cli.run(p.parse_args([*options, str(src), str(out)])) == 0
+    """``nommufs mkimage cramfs [options] SRC OUT``, in process (errors raise)."""
+    assert cli.run(cramfs_args(*options, str(src), str(out))) == 0
     return out
+
+
+def cramfs_args(*argv: str) -> argparse.Namespace:
+    """``mkimage cramfs ARGV`` parsed by the real command line (UsageError on a bad one)."""
+    return parse(mkimage_parser(), ["cramfs", *argv])
 
 
 def mkfs_cramfs(src: Path, out: Path, *options: str) -> Path:

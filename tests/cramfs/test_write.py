@@ -18,6 +18,7 @@ from tests.cramfs.helpers import (
     IS_ROOT,
     LONG_NAMES,
     compare,
+    cramfs_args,
     expected,
     fsck_cramfs,
     mkimage,
@@ -160,17 +161,29 @@ def test_big_device_numbers_are_refused(tmp_path: Path) -> None:
 
 
 def test_bad_flags(tmp_path: Path) -> None:
-    import argparse
-
+    from fusefs.cmdline import UsageError
     from mkimage.cramfs import cli
 
-    p = argparse.ArgumentParser(exit_on_error=False)
-    cli.add_arguments(p)
-    for bad in (["-b", "8192"], ["-c", "lz4"], ["-e", "x"], ["-c", "zlib,12"]):
-        with pytest.raises((argparse.ArgumentError, SystemExit)):
-            p.parse_args([*bad, "src", "out"])
+    for bad in (["-b", "8192"], ["-c", "lz4"], ["-e", "x"], ["-c", "zlib,12"], ["-r", "-N", "big"]):
+        with pytest.raises(UsageError):
+            cramfs_args(*bad, "src", "out")
     with pytest.raises(BuildError, match="--xip needs -X"):
-        cli.run(p.parse_args(["--xip", "*", str(tmp_path), str(tmp_path / "o.img")]))
+        cli.run(cramfs_args("--xip", "*", str(tmp_path), str(tmp_path / "o.img")))
+
+
+def test_r_reverses_the_byte_order_as_mkcramfs_does(tmp_path: Path) -> None:
+    """-r is "reverse endian-ness" in the mkcramfs Buildroot and OpenWrt
+    ship (util-linux mkfs.cramfs has no -r); owners to root is -q only."""
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"cramfs " * 1000)
+    other = {"little": "big", "big": "little"}[sys.byteorder]
+    reversed_ = mkimage(src, tmp_path / "r.img", "-r").read_bytes()
+    assert reversed_ == mkimage(src, tmp_path / "n.img", "-N", other).read_bytes()
+    assert reversed_ != mkimage(src, tmp_path / "h.img").read_bytes()
+    assert not cramfs_args("-r", str(src), "out").all_root
 
 
 def test_empty_tree(tmp_path: Path) -> None:
