@@ -1,4 +1,5 @@
-"""Arena occupancy over a budget workload, one panel per combination, as a PNG.
+"""Arena occupancy over a budget workload, one panel per combination, as a
+PNG, SVG or PDF (what the file's extension names).
 
 matplotlib is imported only here and only when a plot is asked for, with the
 Agg backend (no display needed).  The file is written to a temporary name
@@ -9,15 +10,16 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import TYPE_CHECKING, Final
 
+from fusefs.atomicfile import atomic_output
 from fusefs.budget import OWNER_KINDS, BudgetReport
-from fusefs.errors import FsError
+from fusefs.errors import FsError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+PLOT_FORMATS: Final = ("png", "svg", "pdf")
 COLOURS: Final[dict[str, str]] = {
     "page_cache": "#4c72b0",
     "decompress": "#dd8452",
@@ -29,7 +31,7 @@ COLOURS: Final[dict[str, str]] = {
 
 
 def write_plot(report: BudgetReport, out: str | os.PathLike[str]) -> None:
-    """Draw ``report`` (replayed with ``record=True``) into the PNG ``out``."""
+    """Draw ``report`` (replayed with ``record=True``) into ``out`` (.png, .svg, .pdf)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,14 +105,18 @@ def write_plot(report: BudgetReport, out: str | os.PathLike[str]) -> None:
         plt.close(fig)
 
 
+def plot_format(out: str | os.PathLike[str]) -> str:
+    """The file format ``out``'s extension names (png, svg or pdf);
+    InvalidArgumentError for any other, before anything is replayed."""
+    ext = os.path.splitext(os.fspath(out))[1].lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise InvalidArgumentError(
+            f"--plot {os.fspath(out)}: unknown format {ext or '(no extension)'!r}"
+            f" (use .{', .'.join(PLOT_FORMATS)})"
+        )
+    return ext
+
+
 def _save(fig: Figure, out: str) -> None:
-    directory = os.path.dirname(out) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".budget-", suffix=".png", dir=directory)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_output(out) as f:
+        fig.savefig(f, format=plot_format(out), dpi=100)

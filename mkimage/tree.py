@@ -26,12 +26,12 @@ import os
 import re
 import stat
 import tarfile
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, NewType
 
+from fusefs import atomicfile
 from fusefs.vfs import FILE_TYPES, HasMode
 from mkimage.errors import BuildError
 
@@ -538,30 +538,12 @@ def scan(src: str, opts: ScanOptions | None = None) -> Tree:
 
 @contextlib.contextmanager
 def atomic_output(out: str) -> Iterator[BinaryIO]:
-    """A writable, seekable file that becomes ``out`` only if the block succeeds.
-
-    The temporary file lives in OUT's directory (so the final rename is
-    atomic), is fsynced before the rename, gets the usual ``0666 & ~umask``
-    mode, and is removed on any error: no partial image is ever left at OUT."""
-    directory = os.path.dirname(os.path.abspath(out))
-    try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=directory
-        )
-    except OSError as e:
-        raise BuildError(f"{out}: cannot create output: {e.strerror}") from None
-    f = os.fdopen(fd, "w+b")
-    try:
+    """A writable, seekable file that becomes ``out`` only if the block succeeds
+    (:func:`fusefs.atomicfile.atomic_output`, fsynced): no partial image is
+    ever left at OUT, nor beside it.  BuildError when it cannot be created."""
+    with contextlib.ExitStack() as stack:
+        try:
+            f = stack.enter_context(atomicfile.atomic_output(out, durable=True))
+        except OSError as e:
+            raise BuildError(f"{out}: cannot create output: {e.strerror}") from None
         yield f
-        f.flush()
-        os.fsync(f.fileno())
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.fchmod(f.fileno(), 0o666 & ~umask)
-        f.close()
-        os.replace(tmp, out)
-    except BaseException:
-        f.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -14,6 +14,7 @@ import sys
 from typing import Final
 
 from fusefs.budget import BudgetReport, BudgetResult, budget, footnotes, iter_rows
+from fusefs.cmdline import verbosity
 from fusefs.commands._common import add_image_location, parse_size
 from fusefs.vfs import DEFAULT_ARENA_BYTES, MM_MODES, PAGE_SIZE, STRATEGIES
 
@@ -67,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument(
         "--plot",
-        metavar="OUT.png",
-        help="draw arena occupancy over the workload, one panel per combination",
+        metavar="OUT.png|svg|pdf",
+        help="draw arena occupancy over the workload, one panel per combination, "
+        "in the format the extension names",
     )
     parser.add_argument(
         "--fail-if-none-fits",
@@ -109,6 +111,10 @@ def format_table(report: BudgetReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        from fusefs.budget_plot import plot_format
+
+        plot_format(args.plot)  # a bad extension fails before the replay
     report = budget(
         args.image,
         arena_bytes=args.arena,
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         find_min=args.find_min,
         record=args.plot is not None,
         offset=args.offset,
-        progress=_progress if args.verbose else None,
+        progress=_progress if verbosity(args) else None,
     )
     if args.plot is not None:
         from fusefs.budget_plot import write_plot

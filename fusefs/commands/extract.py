@@ -9,7 +9,8 @@ Safety rules (a hostile image must not write outside DIR):
   ``O_NOFOLLOW`` (``openat``-style), files with ``O_EXCL``: a symlink from
   the image is only ever created, never followed;
 * the tree is built in a fresh temporary directory next to DIR and renamed
-  to DIR only when complete, so a failure leaves nothing under DIR.
+  to DIR only when complete, so a failure leaves nothing under DIR; the
+  temporary is removed on any error and on SIGINT, SIGTERM and SIGHUP.
 
 Metadata order per inode: owner (root only; chown clears set-id bits and
 file capabilities), xattrs, mode, times.  Directories get theirs last,
@@ -28,7 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from fusefs.commands._common import add_image_arguments, open_from_args, show_path
-from fusefs.errors import FsError, InvalidArgumentError
+from fusefs.errors import FsError, InvalidArgumentError, note_removed
 from fusefs.vfs import Attr, Filesystem, Ino, WalkItem, walk
 
 NAME = "extract"
@@ -238,8 +239,10 @@ def extract(
             ex.close()
             os.close(rootfd)
         os.rename(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.lexists(tmp):
+            note_removed(e, tmp)
         raise
     # rename(2) may touch the moved directory's times on some filesystems
     top = ex.dirs[0][1]
