@@ -164,34 +164,42 @@ class ZData:
 
     def settle(
         self, inode: ErofsInode, touched: dict[int, Page], ranges: list[tuple[int, int]], want: int
-    ) -> Page:
-        """After ``ranges`` were written into ``touched`` pages: complete pages
-        become uptodate, partly written ones stay pending (with a reference,
-        so the bytes already there are not lost to eviction) until the
-        neighbouring extent fills them.  Returns ``want`` with a new reference."""
+    ) -> tuple[Page, list[Page]]:
+        """After ``ranges`` were written into ``touched`` pages: which pages
+        are complete (returned, for the caller to mark uptodate as it unlocks
+        them), and which stay pending (with a reference, so the bytes already
+        there are not lost to eviction) until the neighbouring extent fills
+        them.  Also returns ``want`` with a new reference."""
         nid = inode.nid
         size = inode.size
         arena = self.mem.arena
         cache = self.mem.cache
         pending = self.pending
+        complete: list[Page] = []
         for q, pg in touched.items():
             if pg.is_uptodate:
                 continue
-            qs, qe = q * PS, min((q + 1) * PS, size)
+            qs = q * PS
+            qe = min(qs + PS, size)
             key = (nid, q)
-            if key not in pending and any(a <= qs and b >= qe for a, b in ranges):
-                # the common case: a page inside one decoded extent
-                if qe - qs < PS:
-                    self._zero_tail(inode, q, pg)
-                pg.set_uptodate()
-                continue
-            rec = pending.get(key)
+            rec = pending.get(key) if pending else None
+            if rec is None:
+                for a, b in ranges:
+                    if a <= qs and b >= qe:
+                        break
+                else:
+                    a = -1
+                if a >= 0:  # the common case: a page inside one decoded extent
+                    if qe - qs < PS:
+                        self._zero_tail(inode, q, pg)
+                    complete.append(pg)
+                    continue
             cov = (rec[1] if rec is not None else []) + [
                 (max(a, qs), min(b, qe)) for a, b in ranges if a < qe and b > qs
             ]
             if _covers(cov, qs, qe):
                 self._zero_tail(inode, q, pg)
-                pg.set_uptodate()
+                complete.append(pg)
                 if rec is not None:
                     del pending[key]
                     cache.release(rec[0])
@@ -206,7 +214,7 @@ class ZData:
             cache.release(old)
         page = touched[want]
         arena.get_page(page)
-        return page
+        return page, complete
 
     def _zero_tail(self, inode: ErofsInode, q: int, pg: Page) -> None:
         used = inode.size - q * PS

@@ -226,11 +226,14 @@ class MappedStrategy(DecodeStrategy):
                         undo_all(out)
                 finally:
                     undo_all(undo)
-            page = zd.settle(inode, held, ranges, want)
+            page, complete = zd.settle(inode, held, ranges, want)
+            # complete pages become uptodate as they are unlocked (folio_end_read)
+            mem.arena.end_read(complete, True)
+            done = set(map(id, complete))
+            locked = [pg for pg in locked if id(pg) not in done]
             return page, zd.uptodate_run(held, want)
         finally:
-            # unlock each (uptodate was set on the complete ones): one call
-            mem.arena.end_read(locked, False)
+            mem.arena.end_read(locked, False)  # the rest: unlocked, not uptodate
             mem.cache.release_pages(held.values())
 
 
@@ -331,6 +334,7 @@ class BufferedStrategy(DecodeStrategy):
                 return page, q0 + folio.nr_pages
             ranges = [(m.la, m.end) for m in maps]
             touched: dict[int, Page] = {}
+            locked: list[Page] = []
             try:
                 for q in range(q0, q1):
                     qs, qe = q * PS, min((q + 1) * PS, inode.size)
@@ -343,19 +347,20 @@ class BufferedStrategy(DecodeStrategy):
                         continue
                     if not pg.is_locked:
                         pg.lock()
-                    try:
-                        v = arena.page_view(pg)
-                        for x, y in parts:
-                            v[x - qs : y - qs] = view[x - q0 * PS : y - q0 * PS]
-                            mem.counters.copy_bytes += y - x
-                        v.release()
-                    finally:
-                        pg.unlock()
-                page = zd.settle(inode, touched, ranges, want)
+                    locked.append(pg)
+                    v = arena.page_view(pg)
+                    for x, y in parts:
+                        v[x - qs : y - qs] = view[x - q0 * PS : y - q0 * PS]
+                        mem.counters.copy_bytes += y - x
+                    v.release()
+                page, complete = zd.settle(inode, touched, ranges, want)
+                arena.end_read(complete, True)
+                done = set(map(id, complete))
+                locked = [pg for pg in locked if id(pg) not in done]
                 return page, zd.uptodate_run(touched, want)
             finally:
-                for pg in touched.values():
-                    mem.cache.release(pg)
+                arena.end_read(locked, False)
+                mem.cache.release_pages(touched.values())
         finally:
             undo_all(undo)
 
