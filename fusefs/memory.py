@@ -127,17 +127,22 @@ class ReadMemory:
 
 class SequentialReads:
     """Where the last read of each recently read file ended (the kernel's
-    ``file_ra_state``, reduced to what the readers need): a read from there,
-    or from 0, is sequential."""
+    ``file_ra_state``, reduced to what the readers need).  A read is
+    sequential when it starts at 0, or where the last one ended or up to a
+    readahead window after it: the kernel's readahead sends a sequential
+    reader's requests up to a window ahead, and a FUSE daemon's worker
+    threads may take them slightly out of order."""
 
-    def __init__(self, files: int = 64) -> None:
+    def __init__(self, files: int = 64, window: int = 1 << 20) -> None:
         self.files = files
+        self.window = window
         self._next: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
 
     def note(self, mapping_id: Hashable, offset: int, end: int) -> bool:
         """Record a read of ``[offset, end)``; True if it is sequential."""
         nxt = self._next
-        sequential = offset == 0 or nxt.get(mapping_id) == offset
+        last = nxt.get(mapping_id)
+        sequential = offset == 0 or (last is not None and 0 <= offset - last <= self.window)
         nxt[mapping_id] = end
         nxt.move_to_end(mapping_id)
         if len(nxt) > self.files:
