@@ -9,8 +9,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from fusefs.vfs import MemoryConfig, open_image
 from fusefs.cmdline import parse
+from fusefs.vfs import MemoryConfig, open_image
 from mkimage.cli import parser as mkimage_parser
 from mkimage.cramfs import cli
 from tests.trees import DEFAULT_FIELDS, Entry, build_rich_tree, diff_trees, snapshot, snapshot_fs
