@@ -43,6 +43,7 @@ from fusefs.vfs import (
     Strategy,
     open_image,
     resolve,
+    show_path,
     walk,
 )
 from mmshim import Arena
@@ -269,10 +270,6 @@ def arena_of(fs: Filesystem) -> Arena:
 # -- workloads ---------------------------------------------------------------------------
 
 
-def _show(path: bytes) -> str:
-    return "/" + path.decode(errors="backslashreplace")
-
-
 def all_files(fs: Filesystem) -> tuple[WorkFile, ...]:
     """Every regular file once (hard links once), in walk order: parents
     before children, entries in on-disk order."""
@@ -281,7 +278,7 @@ def all_files(fs: Filesystem) -> tuple[WorkFile, ...]:
     for item in walk(fs):
         if item.attr.is_reg and item.ino not in seen:
             seen.add(item.ino)
-            out.append(WorkFile(_show(item.path), item.ino, item.attr.size))
+            out.append(WorkFile(show_path(item.path), item.ino, item.attr.size))
     return tuple(out)
 
 
@@ -321,7 +318,7 @@ def listed_files(fs: Filesystem, list_path: str) -> tuple[WorkFile, ...]:
             raise InvalidArgumentError(
                 f"{where}: {line.decode(errors='backslashreplace')}: not a regular file"
             )
-        out.append(WorkFile(_show(line.lstrip(b"/")), ino, attr.size))
+        out.append(WorkFile(show_path(line.lstrip(b"/")), ino, attr.size))
     if not out:
         raise InvalidArgumentError(f"--workload list:{list_path}: names no file")
     return tuple(out)

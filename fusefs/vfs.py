@@ -485,7 +485,7 @@ def walk(
                 path = dpath + b"/" + ent.name if dpath else ent.name
                 why = check_name(ent.name)
                 if why is not None:
-                    fail(path, CorruptImageError(f"{_show(path)}: {why}", structure="dirent"))
+                    fail(path, CorruptImageError(f"{show_path(path)}: {why}", structure="dirent"))
                     continue
                 try:
                     attr = fs.getattr(ent.ino)
@@ -498,7 +498,7 @@ def walk(
                         fail(
                             path,
                             CorruptImageError(
-                                f"{_show(path)}: directory reached twice"
+                                f"{show_path(path)}: directory reached twice"
                                 " (loop or directory hard link)",
                                 structure="dirent",
                             ),
@@ -512,5 +512,6 @@ def walk(
         stack.extend(reversed(children))
 
 
-def _show(path: bytes) -> str:
+def show_path(path: bytes) -> str:
+    """A path from an image for a message: ``/``-rooted, undecodable bytes escaped."""
     return "/" + path.decode(errors="backslashreplace")

@@ -94,8 +94,3 @@ def open_from_args(args: argparse.Namespace) -> Filesystem:
         memory.arena_bytes,
     )  # fmt: skip
     return fs
-
-
-def show_path(path: bytes) -> str:
-    """A path from an image for a message: ``/``-rooted, undecodable bytes escaped."""
-    return "/" + path.decode(errors="backslashreplace")

@@ -28,9 +28,9 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from fusefs.commands._common import add_image_arguments, open_from_args, show_path
+from fusefs.commands._common import add_image_arguments, open_from_args
 from fusefs.errors import FsError, InvalidArgumentError, note_removed
-from fusefs.vfs import Attr, Filesystem, Ino, WalkItem, walk
+from fusefs.vfs import Attr, Filesystem, Ino, WalkItem, show_path, walk
 
 NAME = "extract"
 HELP = "extract an image's files into a new directory"

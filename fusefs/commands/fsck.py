@@ -12,9 +12,9 @@ import argparse
 import stat
 from dataclasses import dataclass, field
 
-from fusefs.commands._common import add_image_arguments, open_from_args, show_path
+from fusefs.commands._common import add_image_arguments, open_from_args
 from fusefs.errors import FsError
-from fusefs.vfs import Filesystem, WalkItem, walk
+from fusefs.vfs import Filesystem, WalkItem, show_path, walk
 
 NAME = "fsck"
 HELP = "check an image: read every inode, all data, links and xattrs"
