@@ -1,32 +1,26 @@
-"""``nommufs umount``: unmount a nommufs FUSE mount (fusermount3 -u)."""
+"""``nommufs umount``: unmount a nommufs FUSE mount, live or stale (see
+:mod:`fusefs.mounttab`)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 
-from fusefs.errors import FsError, InvalidArgumentError
+from fusefs.mounttab import unmount
 
 NAME = "umount"
-HELP = "unmount a FUSE mount made by `nommufs mount`"
+HELP = "unmount a FUSE mount made by `nommufs mount` (also one whose daemon died)"
+
+
+LAZY_HELP = "lazy unmount: detach now, finish when no longer busy (fusermount3 -z)"
+FORCE_HELP = "unmount even a mount that is not nommufs's (squashfuse, a kernel mount, ...)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-z", dest="lazy", action="store_true", help="lazy unmount")
+    parser.add_argument("-z", dest="lazy", action="store_true", help=LAZY_HELP)
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.ismount(args.mountpoint):
-        raise InvalidArgumentError(f"{args.mountpoint}: not a mount point")
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    if tool is None:
-        raise FsError("fusermount3 not found (install fuse3)")
-    cmd = [tool, "-uz" if args.lazy else "-u", args.mountpoint]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        msg = proc.stderr.strip().splitlines()
-        raise FsError(f"{args.mountpoint}: {msg[-1] if msg else 'fusermount3 failed'}")
+    unmount(args.mountpoint, lazy=args.lazy, force=args.force)
     return 0

@@ -12,7 +12,9 @@ always 0, and hard links share one node id.
 Lookup counts.  The kernel holds a reference per successful lookup (and per
 readdirplus entry other than ``.``/``..``) and returns them through
 ``forget``.  The image needs no per-inode state, but the counts are kept so
-that a test (and ``-v`` logging) can see they balance.
+that a test (and ``-v`` logging) can see they balance.  With each count goes
+the (parent, name) the kernel learnt the inode by, so that a message about an
+inode can name its path; a forgotten inode is forgotten here too.
 
 Threads.  Decompression (``read``) and directory listing run in worker
 threads (``trio.to_thread.run_sync`` under one CapacityLimiter) so that one
@@ -21,7 +23,11 @@ the mapped image stays on the event loop, unless the format says it reads
 through the page cache (``Filesystem.meta_reads_data``: an EROFS compressed
 directory or symlink), where it could wait behind a decompression.  Every handler replies exactly
 once: an :class:`~fusefs.errors.FsError` becomes ``FUSEError(its errno)``,
-anything else is logged with its traceback and answered with EIO.
+anything else is logged with its traceback and answered with EIO.  Corrupt
+metadata or data (:class:`~fusefs.errors.CorruptImageError`, EUCLEAN to the
+reader) is logged once per inode and message at WARNING, with the path and
+what the format said (structure, nid, offset): the reader only sees EUCLEAN,
+and a detached daemon's log (``--log``) is where the rest goes.
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
-from fusefs.errors import FsError
-from fusefs.vfs import Attr, DirEntry, Filesystem, Ino
+from fusefs.errors import CorruptImageError, FsError
+from fusefs.vfs import Attr, DirEntry, Filesystem, Ino, show_path
 
 log = logging.getLogger("nommufs.fuse")
 
@@ -45,6 +51,8 @@ T = TypeVar("T")
 # The image never changes under a mount: let the kernel cache everything.
 TIMEOUT = 86400.0
 READDIR_BATCH = 128
+CORRUPTION_REPORTS = 1024  # distinct (inode, message) pairs logged, at most
+MAX_DEPTH = 4096  # path components when naming an inode
 
 
 class NommuOperations(pyfuse3.Operations):
@@ -67,7 +75,9 @@ class NommuOperations(pyfuse3.Operations):
         self._on_first_open = on_first_open
         self.limiter = trio.CapacityLimiter(max(1, threads))
         self.lookup_counts: dict[int, int] = {}
+        self.names: dict[Ino, tuple[Ino, bytes]] = {}  # ino -> (parent, name), while known
         self.errors = 0  # unexpected exceptions answered with EIO
+        self.corruption_seen: set[tuple[Ino | None, str]] = set()
 
     # -- identifier spaces ---------------------------------------------------
 
@@ -79,7 +89,31 @@ class NommuOperations(pyfuse3.Operations):
 
     # -- error mapping -----------------------------------------------------------
 
-    def _fail(self, what: str, exc: BaseException) -> pyfuse3.FUSEError:
+    def path_of(self, ino: Ino) -> str:
+        """``/a/b`` for an inode the kernel has looked up, else ``ino N``."""
+        parts: list[bytes] = []
+        node = ino
+        while node != self.fs.root and len(parts) < MAX_DEPTH:
+            known = self.names.get(node)
+            if known is None:
+                return f"ino {ino}" if not parts else f"ino {node}/{b'/'.join(parts).decode()}"
+            node, name = known
+            parts.insert(0, name)
+        return show_path(b"/".join(parts))
+
+    def _learn(self, parent: Ino, name: bytes, attr: Attr) -> None:
+        node = self._node(attr.ino)
+        self.lookup_counts[node] = self.lookup_counts.get(node, 0) + 1
+        self.names[attr.ino] = (parent, name)
+
+    def _fail(self, what: str, exc: BaseException, ino: Ino | None = None) -> pyfuse3.FUSEError:
+        if isinstance(exc, CorruptImageError):
+            key = (ino, str(exc))
+            if key not in self.corruption_seen and len(self.corruption_seen) < CORRUPTION_REPORTS:
+                self.corruption_seen.add(key)
+                where = self.path_of(ino) if ino is not None else "(image)"
+                log.warning("corrupt image: %s: %s (%s)", where, exc, what)
+            return pyfuse3.FUSEError(exc.errno)
         if isinstance(exc, FsError):
             log.debug("%s: %s", what, exc)
             return pyfuse3.FUSEError(exc.errno)
@@ -87,21 +121,26 @@ class NommuOperations(pyfuse3.Operations):
         log.error("%s: unexpected %s", what, type(exc).__name__, exc_info=exc)
         return pyfuse3.FUSEError(errno.EIO)
 
-    def _call(self, what: str, fn: Callable[..., T], *args: object) -> T:
+    def _call(self, what: str, ino: Ino | None, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the event loop, failing as :meth:`_fail` says;
+        ``ino``: the inode the request is about, for messages."""
         try:
             return fn(*args)
         except pyfuse3.FUSEError:
             raise
         except Exception as e:
-            raise self._fail(what, e) from None
+            raise self._fail(what, e, ino) from None
 
-    async def _in_thread(self, what: str, fn: Callable[..., T], *args: object) -> T:
+    async def _in_thread(
+        self, what: str, ino: Ino | None, fn: Callable[..., T], *args: object
+    ) -> T:
+        """Like :meth:`_call`, in a worker thread."""
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except pyfuse3.FUSEError:
             raise
         except Exception as e:
-            raise self._fail(what, e) from None
+            raise self._fail(what, e, ino) from None
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -137,17 +176,16 @@ class NommuOperations(pyfuse3.Operations):
 
         what = f"lookup {parent_inode}/{bytes(name)[:64]!r}"
         if self.fs.meta_reads_data(parent):
-            attr = await self._in_thread(what, find)
+            attr = await self._in_thread(what, parent, find)
         else:
-            attr = self._call(what, find)
+            attr = self._call(what, parent, find)
         if attr is None:
             # a negative entry, cached by the kernel for entry_timeout
             neg = pyfuse3.EntryAttributes()
             neg.st_ino = pyfuse3.InodeT(0)
             neg.entry_timeout = TIMEOUT
             return neg
-        node = self._node(attr.ino)
-        self.lookup_counts[node] = self.lookup_counts.get(node, 0) + 1
+        self._learn(parent, bytes(name), attr)
         return self._entry(attr)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
@@ -159,17 +197,19 @@ class NommuOperations(pyfuse3.Operations):
                 if left < 0:
                     log.warning("forget: node %d forgotten more often than looked up", node)
                 self.lookup_counts.pop(node, None)
+                self.names.pop(self._ino(node), None)
 
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
-        return self._entry(self._call(f"getattr {inode}", self.fs.getattr, self._ino(inode)))
+        ino = self._ino(inode)
+        return self._entry(self._call(f"getattr {inode}", ino, self.fs.getattr, ino))
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
         ino = self._ino(inode)
         if self.fs.meta_reads_data(ino):
-            return await self._in_thread(f"readlink {inode}", self.fs.readlink, ino)
-        return self._call(f"readlink {inode}", self.fs.readlink, ino)
+            return await self._in_thread(f"readlink {inode}", ino, self.fs.readlink, ino)
+        return self._call(f"readlink {inode}", ino, self.fs.readlink, ino)
 
     async def access(
         self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext
@@ -179,7 +219,7 @@ class NommuOperations(pyfuse3.Operations):
         return True  # default_permissions: the kernel checks the mode bits
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        st = self._call("statfs", self.fs.statfs)
+        st = self._call("statfs", None, self.fs.statfs)
         out = pyfuse3.StatvfsData()
         out.f_bsize = out.f_frsize = st.block_size
         out.f_blocks = st.blocks
@@ -192,12 +232,14 @@ class NommuOperations(pyfuse3.Operations):
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        return self._call(f"getxattr {inode}", self.fs.getxattr, self._ino(inode), bytes(name))
+        ino = self._ino(inode)
+        return self._call(f"getxattr {inode}", ino, self.fs.getxattr, ino, bytes(name))
 
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
-        names = self._call(f"listxattr {inode}", self.fs.listxattr, self._ino(inode))
+        ino = self._ino(inode)
+        names = self._call(f"listxattr {inode}", ino, self.fs.listxattr, ino)
         return [pyfuse3.XAttrNameT(n) for n in names]
 
     # -- directories -------------------------------------------------------------------
@@ -205,7 +247,8 @@ class NommuOperations(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
-        attr = self._call(f"opendir {inode}", self.fs.getattr, self._ino(inode))
+        ino = self._ino(inode)
+        attr = self._call(f"opendir {inode}", ino, self.fs.getattr, ino)
         if not attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return pyfuse3.FileHandleT(inode)
@@ -224,15 +267,14 @@ class NommuOperations(pyfuse3.Operations):
         ino = self._ino(fh)
         pos = start_id
         while True:
-            batch = await self._in_thread(f"readdir {fh}@{pos}", self._batch, ino, pos)
+            batch = await self._in_thread(f"readdir {fh}@{pos}", ino, self._batch, ino, pos)
             if not batch:
                 return
             for ent, attr in batch:
                 if not pyfuse3.readdir_reply(token, ent.name, self._entry(attr), ent.offset):
                     return
                 if ent.name not in (b".", b".."):
-                    node = self._node(attr.ino)
-                    self.lookup_counts[node] = self.lookup_counts.get(node, 0) + 1
+                    self._learn(ino, ent.name, attr)
                 pos = ent.offset
             if len(batch) < READDIR_BATCH:
                 return
@@ -247,10 +289,11 @@ class NommuOperations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         if self._on_first_open is not None:
             hook, self._on_first_open = self._on_first_open, None
-            self._call("first open", hook)
+            self._call("first open", None, hook)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        attr = self._call(f"open {inode}", self.fs.getattr, self._ino(inode))
+        ino = self._ino(inode)
+        attr = self._call(f"open {inode}", ino, self.fs.getattr, ino)
         if attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if not attr.is_reg:
@@ -261,9 +304,8 @@ class NommuOperations(pyfuse3.Operations):
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         # Always in a worker thread, however small: even a 4 KiB read may
         # decode a whole pcluster (up to 1 MiB), which must not stall the loop.
-        return await self._in_thread(
-            f"read {fh}@{off}+{size}", self.fs.read, self._ino(fh), off, size
-        )
+        ino = self._ino(fh)
+        return await self._in_thread(f"read {fh}@{off}+{size}", ino, self.fs.read, ino, off, size)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         return None
