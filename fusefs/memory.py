@@ -79,6 +79,14 @@ class ReadMemory:
         except MemoryError as e:
             raise self._oom(who, what, 0, e) from None
 
+    def grab(self, mapping_id: Hashable, index: int, who: str) -> tuple[Page, bool]:
+        """The page-cache page at ``index`` with a reference, and whether this
+        call created it (locked, for the caller to fill)."""
+        try:
+            return self.cache.get_or_create(mapping_id, index)
+        except MemoryError as e:
+            raise self._oom(who, f"page cache page {index}", 0, e) from None
+
     def grab_range(
         self, mapping_id: Hashable, start: int, nr: int, who: str
     ) -> list[tuple[Page, bool]]:

@@ -52,11 +52,10 @@ from fusefs.errors import (
     NotADirectoryFsError,
     NotASymlinkError,
     NotFoundError,
-    OutOfMemoryError,
 )
 from fusefs.memory import ReadMemory
 from fusefs.vfs import Attr, DirEntry, Filesystem, FsStat, ImageBytes, Ino, MemoryConfig
-from mmshim import AllocError, Page
+from mmshim import Page
 from mmshim.flash import Flash
 
 _FLAG_NAMES = {
@@ -254,10 +253,7 @@ class CramfsFilesystem(Filesystem):
         bm = self.blockmap(ino)
         ext = bm.extent(index)
         for _attempt in range(2):
-            try:
-                page, created = self.cache.get_or_create(ino, index)
-            except AllocError as e:
-                raise OutOfMemoryError(f"cramfs inode {ino} page {index}: {e}") from e
+            page, created = self.mem.grab(ino, index, f"inode {ino}")
             if created:
                 try:
                     self._fill(page, bm, ext)
