@@ -65,6 +65,17 @@ def _unescape(field: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
+def missing_fuse() -> str | None:
+    """Why a FUSE mount cannot work on this machine for this user, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if shutil.which("fusermount3") is None:
+        return "no fusermount3 (Debian package fuse3)"
+    if os.geteuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not accessible to this user"
+    return None
+
+
 def read_mounts(path: str = MOUNTINFO) -> list[MountEntry]:
     """Every mount this process sees, in mount order (the last one at a
     point is the topmost)."""

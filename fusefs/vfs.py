@@ -24,6 +24,7 @@ import abc
 import collections
 import mmap
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -77,6 +78,23 @@ class HasMode:
     @property
     def is_lnk(self) -> bool:
         return stat.S_ISLNK(self.mode)
+
+
+_SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB])?\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``4096``, ``"1536K"``, ``"64M"`` or ``"3.5M"`` (binary units);
+    InvalidArgumentError naming the text otherwise."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    if not m:
+        raise InvalidArgumentError(f"bad size {text!r} (examples: 4096, 1536K, 3.5M)")
+    scaled = float(m.group(1)) * (1 << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()])
+    if scaled != int(scaled):
+        raise InvalidArgumentError(f"size {text!r} is not a whole number of bytes")
+    return int(scaled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from fusefs.mounttab import missing_fuse
 from tests.trees import Entry, build_rich_tree, build_small_tree, snapshot
 
 MOUNT_DEADLINE = 15.0
@@ -39,17 +40,6 @@ settings.load_profile("nommufs")
 
 
 # -- capabilities ----------------------------------------------------------------
-
-
-def missing_fuse() -> str | None:
-    """Why a FUSE mount cannot work here, or None."""
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    if shutil.which("fusermount3") is None:
-        return "no fusermount3 (package fuse3)"
-    if os.geteuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        return "/dev/fuse not accessible to this user"
-    return None
 
 
 def missing_kernel_erofs() -> str | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 
+from fusefs.errors import InvalidArgumentError
 from fusefs.vfs import (
     DEFAULT_ARENA_BYTES,
     MM_MODES,
@@ -14,20 +14,17 @@ from fusefs.vfs import (
     MemoryConfig,
     open_image,
 )
+from fusefs.vfs import parse_size as vfs_parse_size
 
 log = logging.getLogger("nommufs")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB])?\s*$")
 
 
 def parse_size(text: str) -> int:
-    """Bytes from ``4096``, ``1536K``, ``64M`` or ``3.5M`` (binary units)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 4096, 1536K, 3.5M)")
-    scaled = float(m.group(1)) * (1 << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()])
-    if scaled != int(scaled):
-        raise argparse.ArgumentTypeError(f"size {text!r} is not a whole number of bytes")
-    return int(scaled)
+    """:func:`fusefs.vfs.parse_size` for argparse (its message, as a usage error)."""
+    try:
+        return vfs_parse_size(text)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
