@@ -23,7 +23,12 @@ def atomic_output(out: str | os.PathLike[str], *, durable: bool = False) -> Iter
     when the temporary cannot be created."""
     out = os.fspath(out)
     directory = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=directory
+        )
+    except OSError as e:  # named as the file asked for, not the temporary
+        raise OSError(e.errno, e.strerror, out) from None
     f = os.fdopen(fd, "w+b")
     try:
         yield f

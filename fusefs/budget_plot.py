@@ -8,13 +8,14 @@ beside the target and renamed, so a failed plot leaves nothing half-written.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from typing import TYPE_CHECKING, Final
 
 from fusefs.atomicfile import atomic_output
 from fusefs.budget import OWNER_KINDS, BudgetReport
-from fusefs.errors import FsError, InvalidArgumentError
+from fusefs.errors import FsError, InvalidArgumentError, UnsupportedFeatureError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +33,7 @@ COLOURS: Final[dict[str, str]] = {
 
 def write_plot(report: BudgetReport, out: str | os.PathLike[str]) -> None:
     """Draw ``report`` (replayed with ``record=True``) into ``out`` (.png, .svg, .pdf)."""
+    plot_format(out)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,6 +116,8 @@ def plot_format(out: str | os.PathLike[str]) -> str:
             f"--plot {os.fspath(out)}: unknown format {ext or '(no extension)'!r}"
             f" (use .{', .'.join(PLOT_FORMATS)})"
         )
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UnsupportedFeatureError("--plot needs matplotlib (pip install 'nommufs[plot]')")
     return ext
 
 

@@ -8,6 +8,8 @@ import struct
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import nommufs
 
 RESULT_KEYS = {
@@ -124,6 +126,20 @@ def test_plot_writes_a_png(erofs16: Path, tmp_path: Path) -> None:
     assert width >= 400 and height >= 200
     assert len(data) > 10_000
     assert [p.name for p in tmp_path.iterdir()] == ["occupancy.png"]  # no temp left
+
+
+@pytest.mark.parametrize(("ext", "magic"), [("svg", b"<?xml"), ("pdf", b"%PDF-")])
+def test_plot_format_follows_the_extension(
+    ext: str, magic: bytes, erofs16: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / f"occupancy.{ext.upper()}"
+    args = ("budget", str(erofs16), "--mm", "mmu", "--decompress", "vmap", "--plot")
+    r = nommufs(*args, str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes().startswith(magic)
+    err = _one_line_error(nommufs(*args, str(tmp_path / "x.jpg")))
+    assert err.endswith(f"--plot {tmp_path / 'x.jpg'}: unknown format 'jpg' (use .png, .svg, .pdf)")
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
 def test_fail_if_none_fits(erofs16: Path) -> None:
