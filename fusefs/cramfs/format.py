@@ -1,6 +1,7 @@
 """cramfs on-disk format, declared once for the reader and the writer.
 
-Source: include/uapi/linux/cramfs_fs.h and /work/shared/reference/cramfs-format.md.
+Sources (Linux kernel): include/uapi/linux/cramfs_fs.h, fs/cramfs/README and
+Documentation/filesystems/cramfs.rst.
 cramfs is host-endian: the kernel never swaps, so an image is either
 little- or big-endian and every u32 (superblock, inode words, block pointers)
 and the u16 prefix of direct compressed blocks is read in that order.  The

@@ -12,8 +12,8 @@ so does this module, at import.
 The algorithms over these structures live beside it, one concern each, for
 the reader and the writer alike: :mod:`fusefs.erofs.hash` (superblock crc32c,
 xattr name filter xxh32), :mod:`fusefs.erofs.dirent` (directory blocks) and
-:mod:`fusefs.erofs.zindex` (lcluster indexes).  Facts:
-../../shared/reference/erofs-format.md.
+:mod:`fusefs.erofs.zindex` (lcluster indexes).  Sources (Linux kernel):
+fs/erofs/erofs_fs.h and Documentation/filesystems/erofs.rst.
 """
 
 from __future__ import annotations
