@@ -24,8 +24,11 @@ import dataclasses
 import errno
 import os
 import re
+import shutil
 import stat
+import sys
 import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -335,11 +338,28 @@ def _tar_path(name: str) -> bytes:
     return b"/".join(parts)
 
 
-def _scan_tar(tarpath: str, excluded: _Excluder, tree: Tree) -> None:
+def _open_tar(tarpath: str, tree: Tree) -> tarfile.TarFile:
+    """The archive at ``tarpath``; ``-`` is standard input, spooled first into
+    an unlinked temporary file (members are read later, in any order, from
+    several threads), so nothing is left behind whatever ends the build."""
     try:
-        archive = tarfile.open(tarpath, "r:*")  # noqa: SIM115 (closed by Tree.close)
+        if tarpath != "-":
+            return tarfile.open(tarpath, "r:*")
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by Tree.close)
+        tree.closers.append(spool.close)
+        shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+        spool.seek(0)
+        return tarfile.open(fileobj=spool, mode="r:*")
+    except tarfile.ReadError:  # its message lists every method tried, one per line
+        why = "not a tar file (plain, gzip, bzip2 or xz)"
     except (OSError, tarfile.TarError) as e:
-        raise BuildError(f"{tarpath}: cannot open tar file: {e}") from None
+        why = str(e)
+    shown = "standard input" if tarpath == "-" else tarpath
+    raise BuildError(f"{shown}: cannot open tar file: {why}")
+
+
+def _scan_tar(tarpath: str, excluded: _Excluder, tree: Tree) -> None:
+    archive = _open_tar(tarpath, tree)  # closed by Tree.close
     tree.closers.append(archive.close)
     lock = threading.Lock()
     by_path: dict[bytes, Node] = {b"": tree.root}

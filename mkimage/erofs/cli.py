@@ -90,7 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device-table", metavar="FILE",
         help="mkcramfs/makedevs table: name type mode uid gid major minor start inc count",
     )  # fmt: skip
-    parser.add_argument("--tar", action="store_true", help="SRC is a tar file")
+    # "--tar=f" is its own option string: argparse matches it whole before
+    # splitting at "=", so both mkfs.erofs spellings work and --tar OUT SRC too
+    parser.add_argument(
+        "--tar", "--tar=f", dest="tar", action="store_true",
+        help="SRC is a tar file (mkfs.erofs --tar=f); SRC - reads it from stdin",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tar=i", "--tar=headerball", dest="tar_index", action="store_true",
+        help=argparse.SUPPRESS,
+    )  # fmt: skip
     parser.add_argument(
         "-j", "--workers", type=int, default=0, metavar="N",
         help="compression threads (default: one per CPU)",
@@ -104,6 +113,11 @@ def _power_of_two(value: int) -> bool:
 
 def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptions]:
     """Validate the command line into scan and build options (BuildError on a bad one)."""
+    if args.tar_index:
+        raise BuildError("--tar=i/--tar=headerball: index-only tar images are not supported"
+                         " (--tar=f stores the data)")  # fmt: skip
+    if args.src == "-" and not args.tar:
+        raise BuildError("SRC -: standard input is read as a tar file only (--tar)")
     codec = parse_codec(args.compress)
     bs = args.block_size
     if not _power_of_two(bs) or not 512 <= bs <= 65536:
