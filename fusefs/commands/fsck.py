@@ -4,12 +4,20 @@ Walks every inode through the format-neutral :class:`~fusefs.vfs.Filesystem`
 interface — attributes, directory entries (each looked up again by name),
 all file data, symlink targets, xattrs — then asks the format for its own
 structural checks (:meth:`~fusefs.vfs.Filesystem.fsck_extra`).
+
+Each problem is reported once, root cause first, as fsck.erofs does: the
+format's checks see the image as a whole (a superblock that claims more
+blocks than the image has explains every extent "outside the image"), so
+theirs come first, except those that say again what the walk already said
+about a path (the format names the nid, the walk the path: the path stays).
+Problems go to stderr, one line each; the summary line to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import stat
+import sys
 from dataclasses import dataclass, field
 
 from fusefs.commands._common import add_image_arguments, open_from_args
@@ -79,11 +87,14 @@ def _check_item(fs: Filesystem, item: WalkItem, report: FsckReport) -> None:
 
 
 def check(fs: Filesystem) -> FsckReport:
-    """Read everything in ``fs``; every problem found is one line of the report."""
+    """Read everything in ``fs``; every problem found is one line of the
+    report, once, in the order the module docstring gives."""
     report = FsckReport()
+    errors: list[str] = []  # what the walk's errors said, without their paths
 
     def on_error(path: bytes, err: FsError) -> None:
         report.problems.append(f"{show_path(path)}: {err}")
+        errors.append(str(err))
 
     seen: set[int] = set()
     for item in walk(fs, on_error=on_error):
@@ -95,10 +106,14 @@ def check(fs: Filesystem) -> FsckReport:
             _check_item(fs, item, report)
         except FsError as e:
             report.problems.append(f"{show_path(item.path)}: {e}")
+            errors.append(str(e))
     try:
-        report.problems.extend(fs.fsck_extra())
+        extra = list(fs.fsck_extra())
     except FsError as e:
-        report.problems.append(f"(format checks): {e}")
+        extra = [f"(format checks): {e}"]
+    # a format check that only repeats a walk error (under a nid) goes
+    extra = [line for line in extra if not any(line.endswith(f": {e}") for e in errors)]
+    report.problems = list(dict.fromkeys(extra + report.problems))
     return report
 
 
@@ -110,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     with open_from_args(args) as fs:
         report = check(fs)
     for line in report.problems:
-        print(line)
+        print(line, file=sys.stderr)
     verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
     print(
         f"{args.image}: {verdict}; {report.inodes} inodes, {report.directories} directories,"
