@@ -321,12 +321,22 @@ class Filesystem(abc.ABC):
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
-        """Superblock, features and counts, as plain JSON-able data (``inspect``)."""
+        """Superblock, features and counts, as plain JSON-able data (``inspect``):
+        numbers as numbers (``inspect`` shows ``mode`` in octal and checksums
+        and flags in hex, see :data:`fusefs.commands.inspect.SHOWN_AS`)."""
 
     def describe_inode(self, ino: Ino) -> dict[str, Any]:
         """An inode's layout and extents (``inspect --inode``)."""
         attr = self.getattr(ino)
-        return {"ino": int(ino), "mode": oct(attr.mode), "size": attr.size}
+        return {"ino": int(ino), "mode": attr.mode, "size": attr.size}
+
+    def stored_bytes(self, ino: Ino) -> int:
+        """How many bytes of the image hold the data of ``ino`` (``inspect -S``).
+
+        The default, ``st_blocks * 512``, is right for formats whose
+        st_blocks counts what is stored (EROFS: the compressed blocks); a
+        format whose st_blocks follows the size (cramfs) overrides it."""
+        return self.getattr(ino).blocks * 512
 
     def fsck_extra(self) -> Iterator[str]:
         """Format-specific structural problems a tree walk would not notice

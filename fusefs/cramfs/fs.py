@@ -331,10 +331,10 @@ class CramfsFilesystem(Filesystem):
             "byte_order": self.endian,
             "superblock_offset": self.si.start,
             "size": sb.size,
-            "flags": hex(sb.flags),
+            "flags": sb.flags,
             "features": [n for bit, n in _FLAG_NAMES.items() if sb.flags & bit],
             "signature": sb.signature.decode("latin-1"),
-            "crc": hex(sb.crc),
+            "crc": sb.crc,
             "edition": sb.edition,
             "blocks": sb.blocks,
             "files": sb.files,
@@ -343,6 +343,16 @@ class CramfsFilesystem(Filesystem):
             "inodes": len(self._nodes),
             "xip_files": sum(1 for ino in self._regular() if self._xip_count(Ino(ino))),
         }
+
+    def stored_bytes(self, ino: Ino) -> int:
+        """The bytes of the file's blocks (compressed, raw or XIP; holes
+        none) and of its block pointers: cramfs's st_blocks follows the size."""
+        i = self._node(ino).inode
+        if not (stat.S_ISREG(i.mode) or stat.S_ISLNK(i.mode)) or not i.size:
+            return 0
+        bm = self.blockmap(ino)
+        extents = (bm.extent(n) for n in range(bm.nr))
+        return 4 * bm.nr + sum(e.length for e in extents if not e.hole)
 
     def _xip_count(self, ino: Ino) -> int:
         try:
@@ -361,7 +371,7 @@ class CramfsFilesystem(Filesystem):
         out: dict[str, Any] = {
             "ino": int(ino),
             "inode_offset": int(ino),
-            "mode": oct(i.mode),
+            "mode": i.mode,
             "uid": i.uid,
             "gid": i.gid,
             "size": i.size,
