@@ -112,6 +112,7 @@ class Sample:
     by_owner: tuple[int, ...]  # in OWNER_KINDS order
     free: int
     largest_free: int  # frames in the largest free block
+    bytes_read: int = 0  # of the workload, when the event happened
 
 
 def _weight(s: Sample) -> tuple[int, int]:
@@ -134,6 +135,7 @@ class Recorder:
     events: int = 0
     samples: list[Sample] = field(default_factory=list)
     pending: Sample | None = None
+    progress: Callable[[], int] = lambda: 0  # bytes of the workload read so far
 
     def __call__(self, arena: Arena) -> None:
         self.events += 1
@@ -147,7 +149,7 @@ class Recorder:
         st = arena.stats
         owners = tuple(st.frames_by_owner.get(k, 0) for k in OWNER_KINDS)
         largest = 1 << st.largest_free_order if st.largest_free_order >= 0 else 0
-        return Sample(self.events, owners, st.frames_free, largest)
+        return Sample(self.events, owners, st.frames_free, largest, self.progress())
 
     def record(self, arena: Arena) -> None:
         """Take a sample now (at the start and the end of a replay)."""
@@ -420,7 +422,7 @@ def replay(
         return result
     try:
         arena = arena_of(fs)
-        recorder = Recorder() if record else None
+        recorder = Recorder(progress=lambda: result.bytes_read) if record else None
         if recorder is not None:
             recorder.record(arena)
             arena.add_observer(recorder)

@@ -31,26 +31,50 @@ COLOURS: Final[dict[str, str]] = {
 }
 
 
+def _bytes(x: float, _pos: object = None) -> str:
+    """An axis tick in bytes: 0, 512K, 3.5M."""
+    for unit, shift in (("M", 20), ("K", 10)):
+        if abs(x) >= 1 << shift:
+            return f"{x / (1 << shift):.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def _tick_step(span: int) -> int:
+    """A power of two (bytes) giving four to eight ticks over ``span``."""
+    step = 1
+    while span // step > 8:
+        step *= 2
+    return step
+
+
 def write_plot(report: BudgetReport, out: str | os.PathLike[str]) -> None:
-    """Draw ``report`` (replayed with ``record=True``) into ``out`` (.png, .svg, .pdf)."""
+    """Draw ``report`` (replayed with ``record=True``) into ``out`` (.png, .svg, .pdf).
+
+    One panel per combination: arena frames by owner over the bytes of the
+    workload read so far, the largest free block, and (right axis, labelled)
+    the short-lived decompression and bounce buffers; a combination that
+    failed ends in a red FAIL line where it stopped.  A single combination
+    gets a figure of its own size, with the legend beside it."""
     plot_format(out)
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
 
     results = [r for r in report.results if r.samples]
     if not results:
         raise FsError("--plot: no occupancy was recorded")
+    single = len(results) == 1
     ncols = min(4, len(results))
     nrows = math.ceil(len(results) / ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), sharey=True, squeeze=False
-    )
+    size = (9.0, 4.5) if single else (4.2 * ncols, 3.0 * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, sharey=True, squeeze=False)
     total = report.arena_bytes // 4096
+    small = 9 if single else 7
     try:
         for ax, res in zip(axes.flat, results, strict=False):
-            xs = [s.event for s in res.samples]
+            xs = [s.bytes_read for s in res.samples]
             layers = [[s.by_owner[i] for s in res.samples] for i in range(len(OWNER_KINDS))]
             layers.append([s.free for s in res.samples])
             names = [*OWNER_KINDS, "free"]
@@ -80,28 +104,39 @@ def write_plot(report: BudgetReport, out: str | os.PathLike[str]) -> None:
                 label="decompress + bounce (right axis)",
             )
             right.set_ylim(0, max(8, int(max(transient) * 1.25)))
-            right.tick_params(labelsize=7, colors="#c44e52")
+            right.tick_params(labelsize=small, colors="#c44e52")
+            right.set_ylabel("decompress + bounce frames", fontsize=small + 1, color="#c44e52")
             extra = right
+            if not res.ok:
+                ax.axvline(xs[-1], color="red", linewidth=1.5, linestyle="--")
+                ax.text(xs[-1], total * 0.97, "FAIL ", color="red", fontweight="bold",
+                        fontsize=small + 2, va="top", ha="right")  # fmt: skip
             title = f"{res.mm}" + (f" + {res.decompress}" if res.decompress else "")
             verdict = "ok" if res.ok else "FAILED"
-            ax.set_title(f"{title}: {verdict}, peak {res.peak_frames}", fontsize=9)
+            ax.set_title(f"{title}: {verdict}, peak {res.peak_frames}", fontsize=small + 2)
             ax.set_ylim(0, total)
-            ax.set_xlabel("arena event", fontsize=8)
-            ax.tick_params(labelsize=7)
+            ax.set_xlim(0, max(xs[-1], 1))
+            ax.xaxis.set_major_locator(MultipleLocator(_tick_step(max(xs[-1], 1))))
+            ax.xaxis.set_major_formatter(FuncFormatter(_bytes))
+            ax.set_xlabel("bytes read", fontsize=small + 1)
+            ax.tick_params(labelsize=small)
         for ax in axes.flat[len(results) :]:
             ax.set_visible(False)
         for row in axes:
-            row[0].set_ylabel("frames (4 KiB)", fontsize=8)
+            row[0].set_ylabel("arena frames (4 KiB)", fontsize=small + 1)
         handles, labels = axes.flat[0].get_legend_handles_labels()
         more_handles, more_labels = extra.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+        ncol = 4 if single else len(labels)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=small - 1 if single
+                   else 8)  # fmt: skip
         fig.suptitle(
             f"{os.path.basename(report.image)} ({report.format}), arena {total} frames, "
             f"workload {report.workload.label}",
             fontsize=10,
         )
-        fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+        rect = (0, 0.12, 1, 0.95) if single else (0, 0.05, 1, 0.96)
+        fig.tight_layout(rect=rect)
         _save(fig, os.fspath(out))
     finally:
         plt.close(fig)
@@ -122,5 +157,8 @@ def plot_format(out: str | os.PathLike[str]) -> str:
 
 
 def _save(fig: Figure, out: str) -> None:
-    with atomic_output(out) as f:
+    import matplotlib
+
+    # SVG keeps its text as text (searchable, selectable), not as outlines
+    with matplotlib.rc_context({"svg.fonttype": "none"}), atomic_output(out) as f:
         fig.savefig(f, format=plot_format(out), dpi=100)

@@ -142,6 +142,21 @@ def test_plot_format_follows_the_extension(
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
+def test_single_combination_plot_reads_well(erofs16: Path, tmp_path: Path) -> None:
+    """One combination that fails: x in bytes read, the right axis labelled,
+    FAIL where it stopped, a figure of its own size (text kept as SVG text)."""
+    out = tmp_path / "one.svg"
+    r = nommufs("budget", str(erofs16), "--arena", "1M", "--mm", "nommu-contig",
+                "--decompress", "vmap", "--plot", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    svg = out.read_text()
+    assert " FAIL " in r.stdout.decode()
+    for text in ("bytes read", "decompress + bounce frames", "arena frames (4 KiB)", "FAIL "):
+        assert f">{text}<" in svg, text  # the axis labels, and the marker where it failed
+    width = float(svg.split('width="', 1)[1].split("pt", 1)[0])
+    assert 600 <= width <= 700  # 9 inches at 72 pt, not a 4-panel row
+
+
 def test_fail_if_none_fits(erofs16: Path) -> None:
     args = ("budget", str(erofs16), "--arena", "1M", "--mm", "nommu-contig", "--decompress", "vmap")
     assert nommufs(*args).returncode == 0
