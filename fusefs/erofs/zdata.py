@@ -36,6 +36,8 @@ from mmshim import PAGE_SIZE, Page
 
 PS: Final = PAGE_SIZE
 PENDING_MAX: Final = 32
+# bytes of a fragment extent one fill reads (from the page it starts at)
+FRAGMENT_WINDOW: Final = 32 * PS
 
 
 def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
@@ -46,6 +48,16 @@ def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
             break
         cur = max(cur, b)
     return cur >= end
+
+
+def _clip_fragment(m: Map, lo: int) -> Map:
+    """The part of a fragment extent a fill starting at ``lo`` reads: a
+    fragment is plain bytes of the packed inode, so it can be read in any
+    piece, and a whole-file fragment is as long as the file claims to be
+    (the kernel reads the packed inode page by page too)."""
+    a = max(m.la, lo)
+    b = min(m.end, lo + FRAGMENT_WINDOW)
+    return m._replace(la=a, llen=b - a, fragmentoff=m.fragmentoff + (a - m.la))
 
 
 class ZData:
@@ -90,6 +102,8 @@ class ZData:
         pos = lo
         while pos < hi:
             m = zmap.map(pos)
+            if m.flags & FRAGMENT:
+                m = _clip_fragment(m, lo)
             if not have or not _covers(have, max(m.la, lo), min(m.end, hi)):
                 maps.append(m)
             pos = m.end
