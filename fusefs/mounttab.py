@@ -1,12 +1,12 @@
 """The kernel's mount table, and unmounting what nommufs mounted.
 
 Why not ``os.path.ismount``: it stat()s the mount point, and the mount point
-of a FUSE daemon that died (OOM, SIGKILL) answers every stat with ENOTCONN
-("Transport endpoint is not connected"), so a *stale* mount looks like no
-mount at all, and a directory like no directory.  Everything here reads
-``/proc/self/mountinfo`` instead, which lists stale mounts like live ones,
-and never stat()s the mount point itself (it would also wait for a daemon
-that has not started answering yet).
+of a FUSE daemon that died (OOM, SIGKILL) answers with ENOTCONN ("Transport
+endpoint is not connected") whatever the kernel has not cached, so a *stale*
+mount looks like no mount at all, and a directory like no directory.
+Everything here reads ``/proc/self/mountinfo`` instead, which lists stale
+mounts like live ones; whether one is stale is asked with statfs (never
+cached), and only of a FUSE mount the table lists.
 
 Which mounts are nommufs's own: FUSE mounts (type ``fuse.SUBTYPE``) whose
 source is ``nommufs`` (the default ``fsname``) or whose subtype is one of the
@@ -117,9 +117,16 @@ def find_mount(path: str | os.PathLike[str]) -> MountEntry | None:
 
 
 def is_stale(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is the mount point of a FUSE daemon that is gone."""
+    """True when ``path`` is the mount point of a FUSE daemon that is gone.
+
+    Asked with statfs, which FUSE always sends to the daemon: a stat() may
+    be answered from the kernel's attribute cache long after the daemon died
+    (nommufs lets it cache for a day), so it proves nothing."""
+    entry = find_mount(path)
+    if entry is None or not entry.is_fuse:
+        return False
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False
@@ -169,22 +176,20 @@ def prepare_mount_point(path: str | os.PathLike[str]) -> None:
     warning: nothing can use it any more, and leaving it would make every
     later mount fail.  A stale mount of anything else is an error."""
     shown = os.fspath(path)
+    entry = find_mount(path)
+    if entry is not None and is_stale(path):
+        if not entry.is_nommufs:
+            raise FsError(
+                f"{shown}: a stale mount ({entry.describe()}), not nommufs's;"
+                " nommufs umount --force clears it"
+            )
+        unmount(path)
+        log.warning("%s: removed a stale nommufs mount (its daemon had died)", shown)
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise NotFoundError(f"{shown}: mount point does not exist") from None
     except OSError as e:
-        if e.errno != errno.ENOTCONN:
-            raise FsError(f"{shown}: {e.strerror}") from None
-        entry = find_mount(path)
-        if entry is None or not entry.is_nommufs:
-            what = f" ({entry.describe()})" if entry is not None else ""
-            raise FsError(
-                f"{shown}: a stale mount{what}, not nommufs's;"
-                " nommufs umount --force clears it"
-            ) from None
-        unmount(path)
-        log.warning("%s: removed a stale nommufs mount (its daemon had died)", shown)
-        st = os.stat(path)
+        raise FsError(f"{shown}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryFsError(f"{shown}: mount point is not a directory")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from fusefs.mounttab import missing_fuse
+from fusefs.mounttab import find_mount, missing_fuse
 from tests.trees import Entry, build_rich_tree, build_small_tree, snapshot
 
 MOUNT_DEADLINE = 15.0
@@ -121,8 +121,10 @@ class FuseMount:
         return self.proc.poll() is None
 
     def unmount(self) -> None:
-        """fusermount3 -u, then -uz, then kill: whatever it takes."""
-        if os.path.ismount(self.path):
+        """fusermount3 -u, then -uz, then kill: whatever it takes.  Mounts are
+        found in the mount table: a stale one (the daemon was killed) is
+        invisible to os.path.ismount."""
+        if find_mount(self.path) is not None:
             _fusermount(self.path, "-u")
         try:
             self.proc.wait(timeout=10)
@@ -130,7 +132,7 @@ class FuseMount:
             _fusermount(self.path, "-uz")
             self.proc.kill()
             self.proc.wait(timeout=10)
-        if os.path.ismount(self.path):
+        if find_mount(self.path) is not None:
             _fusermount(self.path, "-uz")
 
 
