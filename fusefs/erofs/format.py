@@ -38,7 +38,8 @@ EROFS_MAX_BLKSZBITS: Final = 16  # 64 KiB blocks (kernel: <= PAGE_SHIFT of the h
 EROFS_ISLOTBITS: Final = 5  # nids count 32-byte slots
 EROFS_SLOTSIZE: Final = 1 << EROFS_ISLOTBITS
 EROFS_NAME_LEN: Final = 255
-EROFS_NULL_ADDR: Final = 0xFFFFFFFF  # chunk hole / unused start block
+EROFS_NULL_ADDR: Final = 0xFFFFFFFF  # chunk hole / unused start block (32-bit forms)
+EROFS_NULL_ADDR_48: Final = (1 << 48) - 1  # the same in 48 bits (48BIT forms)
 EROFS_DEVT_SLOT_SIZE: Final = 128
 
 
@@ -130,6 +131,7 @@ def feature_names(bits: int, names: dict[int, str]) -> list[str]:
 
 _SB = struct.Struct("<IIIBBHQqIIII16s16sIHHHBBIQBBHIQ8s")
 _SB_EXT_METABOX = struct.Struct("<Q8x")
+EROFS_SB_METABOX_NID_OFFSET: Final = 0x80  # metabox_nid: the first extension slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,11 @@ def metabox_nid_from(buf: bytes | bytearray | memoryview, off: int) -> int:
     return int(_SB_EXT_METABOX.unpack_from(buf, off)[0])
 
 
+def metabox_slot(metabox_nid: int) -> bytes:
+    """The first extended superblock slot holding ``metabox_nid``."""
+    return _SB_EXT_METABOX.pack(metabox_nid)
+
+
 def sb_checksum_length(blkszbits: int) -> int:
     """Bytes the superblock checksum covers from offset 1024 (see
     :func:`fusefs.erofs.hash.superblock_checksum`): the rest of the
@@ -231,6 +238,14 @@ EROFS_I_DATALAYOUT_BITS: Final = 3
 EROFS_I_NLINK_1_BIT: Final = 4  # 6.15+: compact non-dir with nlink 1 (48BIT only)
 EROFS_I_DOT_OMITTED_BIT: Final = 4  # 6.15+: directory without a "." dirent
 EROFS_I_ALL: Final = (1 << 5) - 1  # bits a 6.15+ kernel accepts in i_format
+
+# A nid with bit 63 set names a slot inside the metabox inode's data (METABOX).
+EROFS_DIRENT_NID_METABOX_BIT: Final = 63
+EROFS_DIRENT_NID_MASK: Final = (1 << EROFS_DIRENT_NID_METABOX_BIT) - 1
+
+
+def nid_in_metabox(nid: int) -> bool:
+    return bool(nid >> EROFS_DIRENT_NID_METABOX_BIT)
 
 
 class DataLayout(enum.IntEnum):
@@ -363,6 +378,7 @@ class ChunkIndex(NamedTuple):
 
 
 _CHUNK_INDEX = struct.Struct("<HHI")
+CHUNK_INDEX_SIZE: Final = _CHUNK_INDEX.size
 CHUNK_BLOCKMAP = struct.Struct("<I")  # 4-byte block map entry: le32 startblk
 
 # ---------------------------------------------------------------------------
@@ -734,6 +750,17 @@ class MapHeader:
         return bool(self.h_clusterbits & (1 << Z_EROFS_FRAGMENT_INODE_BIT))
 
     @property
+    def h_extents(self) -> int:
+        """Encoded extents (48BIT, Z_EROFS_ADVISE_EXTENTS): the extent count,
+        ``h_extents_lo`` (le32 at 0) and ``h_extents_hi`` (le16 at 6)."""
+        return self.h_fragmentoff | (self.h_algorithmtype << 32) | (self.h_clusterbits << 40)
+
+    @classmethod
+    def with_extents(cls, nexts: int, h_advise: int) -> MapHeader:
+        hi = nexts >> 32
+        return cls(nexts & 0xFFFF, (nexts >> 16) & 0xFFFF, h_advise, hi & 0xFF, hi >> 8)
+
+    @property
     def whole_file_fragmentoff(self) -> int:
         """The le64 of the header with bit 63 cleared (whole-file fragment)."""
         raw = int.from_bytes(self.pack(), "little")
@@ -819,6 +846,42 @@ def full_index_pos(header_pos: int, lcn: int) -> int:
     return header_pos + Z_EROFS_FULL_INDEX_START + LclusterIndex.SIZE * lcn
 
 
+# Encoded extents (48BIT): a COMPRESSED_FULL inode with Z_EROFS_ADVISE_EXTENTS
+# stores extent records instead of lcluster indexes, at
+# round_up(header_pos + 8, recsz); advise bits 1-2 give the record size.
+Z_EROFS_ADVISE_EXTRECSZ_BIT: Final = 1
+Z_EROFS_ADVISE_EXTRECSZ_MASK: Final = 0x3
+Z_EROFS_EXTENT_PLEN_PARTIAL: Final = 1 << 27
+Z_EROFS_EXTENT_PLEN_FMT_BIT: Final = 28  # 0: raw, else algorithm + 1
+Z_EROFS_EXTENT_PLEN_MASK: Final = (Z_EROFS_PCLUSTER_MAX_SIZE << 1) - 1
+
+_EXTENT = struct.Struct("<IIIII12x")
+
+
+def extent_recsize(h_advise: int) -> int:
+    """Bytes of one encoded extent record: 4, 8, 16 or 32 (the leading
+    fields of :class:`ZExtent`)."""
+    return 4 << ((h_advise >> Z_EROFS_ADVISE_EXTRECSZ_BIT) & Z_EROFS_ADVISE_EXTRECSZ_MASK)
+
+
+class ZExtent(NamedTuple):
+    """``struct z_erofs_extent`` (32 bytes; shorter records keep the leading fields)."""
+
+    plen: int  # bits 0-20 length, 27 PARTIAL, 28-31 format
+    pstart_lo: int
+    pstart_hi: int
+    lstart_lo: int
+    lstart_hi: int
+
+    @classmethod
+    def unpack_from(cls, buf: bytes | bytearray | memoryview, recsz: int, off: int = 0) -> ZExtent:
+        raw = bytes(buf[off : off + recsz]).ljust(_EXTENT.size, b"\0")
+        return cls(*_EXTENT.unpack(raw))
+
+    def pack(self, recsz: int) -> bytes:
+        return _EXTENT.pack(*self)[:recsz]
+
+
 # Compact indexes: packs of ``vcnt`` fields of ``encodebits`` bits followed
 # by a le32 base block address.  4B packs: 8 bytes, 2 lclusters; 2B packs:
 # 32 bytes, 16 lclusters.  Their codec is fusefs.erofs.zindex.
@@ -860,3 +923,4 @@ _check_size("struct z_erofs_deflate_cfgs", 6, _DEFLATE_CFGS.size, DeflateCfgs.SI
 _check_size("struct z_erofs_zstd_cfgs", 6, _ZSTD_CFGS.size, ZstdCfgs.SIZE)
 _check_size("struct z_erofs_map_header", 8, _MAP_HEADER.size, MapHeader.SIZE)
 _check_size("struct z_erofs_lcluster_index", 8, _FULL_INDEX.size, LclusterIndex.SIZE)
+_check_size("struct z_erofs_extent", 32, _EXTENT.size)
