@@ -1,4 +1,5 @@
-"""Block mapping and uncompressed reads (after the kernel's ``fs/erofs/data.c``).
+"""Block mapping, metadata buffers and uncompressed reads (after the
+kernel's ``fs/erofs/data.c``).
 
 :func:`map_blocks` is the one extent mapper every read asks where a logical
 offset lives, as ``erofs_map_blocks`` is: FLAT_PLAIN, FLAT_INLINE and
@@ -7,16 +8,26 @@ CHUNK_BASED here, compressed layouts through the inode's
 :func:`copy_plain` is the one routine that copies an uncompressed extent's
 bytes, for metadata (directories, symlinks), for the page cache
 (:func:`fill_plain`) and for ``inspect``.
+
+Metadata (inode cores, xattrs, inline tails, chunk tables, compressed
+indexes) is read from a :class:`MetaBuf`, as the kernel reads it through
+``erofs_read_metabuf``: the image itself, or -- for an inode whose nid has
+the metabox bit -- the data of the metabox inode, which may be compressed and
+so is read through the page cache like any file (:class:`MetaboxBuf`).  An
+inode found in the metabox keeps the bytes it owns there (core, xattrs and
+trailer) as one :class:`MetaRecord`, read once when the inode is loaded:
+later reads of its indexes or inline data then never start a second page
+cache read in the middle of one (a fill of its own pages, say).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from fusefs.erofs import format as f
-from fusefs.erofs.inode import ErofsInode
+from fusefs.erofs.inode import NULL_STARTBLK, ErofsInode
 from fusefs.erofs.super import ErofsSuper
 from fusefs.errors import CorruptImageError
 from fusefs.memory import ReadMemory
@@ -29,6 +40,79 @@ if TYPE_CHECKING:
 PS: Final = PAGE_SIZE
 # pages of an uncompressed file read in one go (a readahead window of 64 KiB)
 PLAIN_BATCH: Final = 16
+
+
+class MetaBuf(Protocol):
+    """Where metadata bytes are read: :class:`fusefs.vfs.ImageBytes`,
+    :class:`MetaboxBuf` or :class:`MetaRecord`.  Offsets are byte positions
+    in the image or in the metabox inode's data."""
+
+    def check(self, offset: int, length: int, *, structure: str, nid: int | None = None) -> None:
+        """Raise CorruptImageError unless ``[offset, offset + length)`` is inside."""
+
+    def slice(
+        self, offset: int, length: int, *, structure: str, nid: int | None = None
+    ) -> memoryview:
+        """The bytes ``[offset, offset + length)``, bounds-checked."""
+
+
+class _MetaWindow:
+    """Bytes ``[start, end)`` of a metadata space, bounds-checked; ``what``
+    names them in errors."""
+
+    start: int
+    end: int
+    what: str
+
+    def check(self, offset: int, length: int, *, structure: str, nid: int | None = None) -> None:
+        if offset < self.start or length < 0 or offset + length > self.end:
+            reason = f"{length} bytes at {offset:#x} lie outside {self.what}"
+            raise CorruptImageError(reason, structure=structure, offset=offset, nid=nid)
+
+
+class MetaboxBuf(_MetaWindow):
+    """The metabox inode's data as a metadata source (INCOMPAT_METABOX).
+
+    ``read(offset, length)`` reads the metabox inode's data through the
+    image's page cache (decompressing it in the arena when it is
+    compressed), so metadata reads are counted like file reads."""
+
+    def __init__(self, nid: int, size: int, read: Callable[[int, int], bytes]) -> None:
+        self.nid = nid
+        self.start, self.end = 0, size
+        self.what = f"the {size}-byte metabox (nid {nid})"
+        self._read = read
+
+    def slice(
+        self, offset: int, length: int, *, structure: str, nid: int | None = None
+    ) -> memoryview:
+        self.check(offset, length, structure=structure, nid=nid)
+        data = self._read(offset, length)
+        if len(data) != length:
+            raise CorruptImageError(
+                f"metabox read of {length} bytes at {offset:#x} returned {len(data)}",
+                structure=structure,
+                offset=offset,
+                nid=nid,
+            )
+        return memoryview(data)
+
+
+class MetaRecord(_MetaWindow):
+    """Bytes ``[base, base + len(data))`` of the metabox, read once: the core,
+    xattrs and trailer of one inode there.  Reads outside them are
+    corruption (they would belong to another inode)."""
+
+    def __init__(self, base: int, data: bytes) -> None:
+        self.start, self.end = base, base + len(data)
+        self.what = f"the inode's metadata [{base:#x}, {self.end:#x}) in the metabox"
+        self.data = data
+
+    def slice(
+        self, offset: int, length: int, *, structure: str, nid: int | None = None
+    ) -> memoryview:
+        self.check(offset, length, structure=structure, nid=nid)
+        return memoryview(self.data)[offset - self.start : offset - self.start + length]
 
 
 class MapFlags(enum.IntFlag):
@@ -91,7 +175,7 @@ def map_blocks(
             f"offset {la} outside the {size}-byte file", structure="erofs map", nid=nid
         )
     if inode.layout == f.EROFS_INODE_FLAT_PLAIN:
-        if inode.version == f.EROFS_INODE_LAYOUT_COMPACT and inode.startblk == f.EROFS_NULL_ADDR:
+        if inode.startblk == NULL_STARTBLK:
             # erofs (6.15+): an all-ones start block makes a hole-only file
             return Map(0, size, 0, 0, 0)
         return Map(0, size, inode.startblk * bs, size, MAPPED)
@@ -99,6 +183,7 @@ def map_blocks(
         head = (-(-size // bs) - 1) * bs
         if la < head:
             return Map(0, head, inode.startblk * bs, head, MAPPED)
+        # pa is in the inode's metadata (inode.meta), as the kernel's EROFS_MAP_META
         return Map(head, size - head, inode.inline_pos, size - head, MAPPED | META)
     if inode.layout == f.EROFS_INODE_CHUNK_BASED:
         return _map_chunk(image, sbi, inode, la)
@@ -107,23 +192,41 @@ def map_blocks(
     )
 
 
-def _map_chunk(image: ImageBytes, sbi: ErofsSuper, inode: ErofsInode, la: int) -> Map:
+def chunk_table(inode: ErofsInode, blkszbits: int) -> tuple[int, int, int]:
+    """``(chunkbits, entry size, table position)`` of a chunk-based inode:
+    4-byte block map entries, or 8-byte indexes (EROFS_CHUNK_FORMAT_INDEXES),
+    from the next multiple of the entry size after core and xattrs."""
     fmt = inode.chunkformat
-    chunkbits = sbi.blkszbits + (fmt & f.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
-    unit = 8 if fmt & f.EROFS_CHUNK_FORMAT_INDEXES else 4
-    table = f.round_up(inode.inline_pos, unit)
-    nchunks = (inode.size + (1 << chunkbits) - 1) >> chunkbits
-    image.check(table, nchunks * unit, structure="erofs chunk index table", nid=inode.nid)
+    chunkbits = blkszbits + (fmt & f.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
+    unit = f.CHUNK_INDEX_SIZE if fmt & f.EROFS_CHUNK_FORMAT_INDEXES else f.CHUNK_BLOCKMAP.size
+    return chunkbits, unit, f.round_up(inode.inline_pos, unit)
+
+
+def chunk_count(inode: ErofsInode, chunkbits: int) -> int:
+    return (inode.size + (1 << chunkbits) - 1) >> chunkbits
+
+
+def _map_chunk(image: ImageBytes, sbi: ErofsSuper, inode: ErofsInode, la: int) -> Map:
+    chunkbits, unit, table = chunk_table(inode, sbi.blkszbits)
+    meta = inode.meta
+    meta.check(table, chunk_count(inode, chunkbits) * unit,
+               structure="erofs chunk index table", nid=inode.nid)  # fmt: skip
     idx = la >> chunkbits
-    pos = table + unit * idx
-    raw = image.slice(pos, unit, structure="erofs chunk index", nid=inode.nid)
-    if unit == 8:
-        startblk = f.ChunkIndex.unpack_from(raw).startblk_lo
+    raw = meta.slice(table + unit * idx, unit, structure="erofs chunk index", nid=inode.nid)
+    if unit == f.CHUNK_INDEX_SIZE:
+        ci = f.ChunkIndex.unpack_from(raw)
+        # erofs: 48 address bits only with EROFS_CHUNK_FORMAT_48BIT; all ones is a hole
+        if inode.chunkformat & f.EROFS_CHUNK_FORMAT_48BIT:
+            nulladdr = f.EROFS_NULL_ADDR_48
+        else:
+            nulladdr = f.EROFS_NULL_ADDR
+        startblk = ((ci.startblk_hi << 32) | ci.startblk_lo) & nulladdr
     else:
+        nulladdr = f.EROFS_NULL_ADDR
         startblk = f.CHUNK_BLOCKMAP.unpack_from(raw)[0]
     start = idx << chunkbits
     llen = min(1 << chunkbits, inode.size - start)
-    if startblk == f.EROFS_NULL_ADDR:
+    if startblk == nulladdr:
         return Map(start, llen, 0, 0, 0)
     pa = startblk * sbi.block_size
     image.check(pa, llen, structure="erofs chunk data", nid=inode.nid)
@@ -144,10 +247,13 @@ def iter_maps(
 
 
 def copy_plain(
-    image: ImageBytes, m: Map, pos: int, dst: memoryview | bytearray, nid: int
+    image: ImageBytes, inode: ErofsInode, m: Map, pos: int, dst: memoryview | bytearray
 ) -> None:
-    """Copy bytes ``[pos, pos + len(dst))`` of an uncompressed extent ``m`` into ``dst``."""
+    """Copy bytes ``[pos, pos + len(dst))`` of an uncompressed extent ``m``
+    into ``dst``: from the image, or from the inode's metadata for an inline
+    (META) extent."""
     n = len(dst)
+    nid = inode.nid
     if not (m.la <= pos and pos + n <= m.end):
         raise CorruptImageError(
             f"copy of [{pos}, {pos + n}) outside extent [{m.la}, {m.end})",
@@ -157,9 +263,8 @@ def copy_plain(
     if not m.flags & MAPPED:
         dst[:] = bytes(n)
         return
-    src = m.pa + pos - m.la
-    image.check(src, n, structure="erofs data", nid=nid)
-    dst[:] = image.view[src : src + n]
+    src: MetaBuf = inode.meta if m.flags & META else image
+    dst[:] = src.slice(m.pa + pos - m.la, n, structure="erofs data", nid=nid)
 
 
 def read_plain(
@@ -175,7 +280,7 @@ def read_plain(
         stop = min(m.end, end)
         if stop <= pos:
             raise CorruptImageError(f"empty extent at {pos}", structure="erofs map", nid=inode.nid)
-        copy_plain(image, m, pos, memoryview(out)[pos - offset : stop - offset], inode.nid)
+        copy_plain(image, inode, m, pos, memoryview(out)[pos - offset : stop - offset])
         pos = stop
     return bytes(out)
 
@@ -212,7 +317,7 @@ def fill_plain(
                         raise CorruptImageError(
                             f"empty extent at {pos}", structure="erofs map", nid=nid
                         )
-                    copy_plain(image, m, pos, view[pos - q * PS : stop - q * PS], nid)
+                    copy_plain(image, inode, m, pos, view[pos - q * PS : stop - q * PS])
                     pos = stop
                 if end - q * PS < PS:
                     view[end - q * PS :] = bytes(PS - (end - q * PS))

@@ -4,7 +4,10 @@ Identifier spaces.  An EROFS inode is found by its *nid*: the number of the
 32-byte slot where its core starts, counted from ``meta_blkaddr`` (byte
 ``meta_blkaddr * block_size + 32 * nid``).  Nids appear in dirents (64 bits)
 and in the superblock (the root's).  Hard links are dirents with the same
-nid.  The :data:`~fusefs.vfs.Ino` this filesystem hands out is::
+nid.  With METABOX, a nid with bit 63 set counts slots from the start of the
+metabox inode's data instead (``32 * (nid & ~(1 << 63))`` there): the
+metabox inode itself, like the packed inode, has a plain nid.  The
+:data:`~fusefs.vfs.Ino` this filesystem hands out is::
 
     ino = nid + INO_BIAS        (INO_BIAS = 2)
 
@@ -17,6 +20,7 @@ inode 1 and passes every other Ino through unchanged.  The on-disk
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import stat
@@ -24,7 +28,19 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, ParamSpec, TypeVar
 
 from fusefs.erofs import format as f
-from fusefs.erofs.data import MAPPED, META, PARTIAL_REF, fill_plain, iter_maps, read_plain
+from fusefs.erofs.data import (
+    MAPPED,
+    META,
+    PARTIAL_REF,
+    MetaboxBuf,
+    MetaBuf,
+    MetaRecord,
+    chunk_count,
+    chunk_table,
+    fill_plain,
+    iter_maps,
+    read_plain,
+)
 from fusefs.erofs.dir import block_maxsize, dir_nblocks, iter_entries
 from fusefs.erofs.dirent import DirEntryRecord, unpack_dirent_block
 from fusefs.erofs.format import Nid
@@ -33,7 +49,7 @@ from fusefs.erofs.namei import find_entry
 from fusefs.erofs.super import ErofsSuper, read_super
 from fusefs.erofs.xattr import read_long_prefixes, read_xattrs
 from fusefs.erofs.zdata import ZData
-from fusefs.erofs.zmap import ZMap
+from fusefs.erofs.zmap import ZMap, trailer_end
 from fusefs.errors import (
     CorruptImageError,
     FsError,
@@ -123,7 +139,10 @@ class ErofsFilesystem(Filesystem):
         except BaseException:
             self.reader.close()
             raise
+        self.metabox: MetaboxBuf | None = None
+        self.shared_xattrs: MetaBuf = image
         try:
+            self._init_metabox()
             root = self._inode(Nid(self.sbi.root_nid))
             if not root.is_dir:
                 raise CorruptImageError(
@@ -131,7 +150,9 @@ class ErofsFilesystem(Filesystem):
                     structure="erofs superblock",
                     nid=root.nid,
                 )
-            self.prefixes = read_long_prefixes(image, self.sbi, self._read_fragment)
+            self.prefixes = read_long_prefixes(
+                image, self.sbi, self.metabox, self._read_fragment
+            )
         except BaseException:
             self._close_memory()
             raise
@@ -154,9 +175,67 @@ class ErofsFilesystem(Filesystem):
         hit = self.inode_cache.get(nid)
         if hit is not None:
             return hit
-        inode = read_inode(self.image, self.sbi, nid)
+        if f.nid_in_metabox(nid):
+            inode = self._load_from_metabox(nid)
+        else:
+            inode = read_inode(self.image, self.image, self.sbi, nid)
         zmap = ZMap(self.image, self.sbi, inode) if inode.is_compressed else None
         return self.inode_cache.put(nid, (inode, zmap))
+
+    # -- the metabox ---------------------------------------------------------------
+
+    def _init_metabox(self) -> None:
+        """METABOX: inodes (with their xattrs, inline data and indexes) live in
+        the data of the metabox inode, read through the page cache."""
+        sbi = self.sbi
+        shared_in_box = bool(sbi.sb.feature_compat & f.EROFS_FEATURE_COMPAT_SHARED_EA_IN_METABOX)
+        if shared_in_box and not sbi.has(f.EROFS_FEATURE_INCOMPAT_METABOX):
+            raise CorruptImageError(
+                "shared xattrs in the metabox, but no metabox", structure="erofs superblock"
+            )
+        if not sbi.has(f.EROFS_FEATURE_INCOMPAT_METABOX):
+            return
+        box = self._inode(Nid(sbi.metabox_nid))
+        if not box.is_reg:
+            raise CorruptImageError(
+                f"metabox inode is not a regular file (mode {box.mode:#o})",
+                structure="erofs metabox",
+                nid=box.nid,
+            )
+        self.metabox = MetaboxBuf(box.nid, box.size, lambda off, n: self._read_data(box, off, n))
+        if shared_in_box:
+            self.shared_xattrs = self.metabox
+
+    def _load_from_metabox(self, nid: Nid) -> ErofsInode:
+        """An inode whose nid has the metabox bit: its core, then all the
+        metadata it owns (xattrs, inline tail, chunk table, or map header,
+        indexes and inline pcluster) read once as a :class:`MetaRecord`."""
+        box = self.metabox
+        if box is None:
+            raise CorruptImageError(
+                "nid with the metabox bit, but the image has no metabox",
+                structure="erofs inode",
+                nid=nid,
+            )
+        core = read_inode(self.image, box, self.sbi, nid)
+        size = self._meta_end(core) - core.iloc  # checked against the metabox before it is read
+        data = bytes(box.slice(core.iloc, size, structure="erofs inode metadata", nid=nid))
+        return dataclasses.replace(core, meta=MetaRecord(core.iloc, data))
+
+    def _meta_end(self, inode: ErofsInode) -> int:
+        """Where the metadata of ``inode`` ends in its MetaBuf."""
+        bs = self.sbi.block_size
+        if inode.is_compressed:
+            pos = f.map_header_pos(inode.iloc, inode.inode_isize, inode.xattr_isize)
+            raw = inode.meta.slice(pos, f.MapHeader.SIZE, structure="erofs map header",
+                                   nid=inode.nid)  # fmt: skip
+            return trailer_end(f.MapHeader.unpack_from(raw), pos, inode, self.sbi.blkszbits)
+        if inode.layout == f.EROFS_INODE_CHUNK_BASED:
+            chunkbits, unit, table = chunk_table(inode, self.sbi.blkszbits)
+            return table + unit * chunk_count(inode, chunkbits)
+        if inode.layout == f.EROFS_INODE_FLAT_INLINE and inode.size:
+            return inode.inline_pos + inode.size - (-(-inode.size // bs) - 1) * bs
+        return inode.inline_pos
 
     def _inode(self, nid: Nid) -> ErofsInode:
         return self._load(nid)[0]
@@ -255,6 +334,11 @@ class ErofsFilesystem(Filesystem):
             raise NotADirectoryFsError(f"erofs inode nid {inode.nid}: not a directory")
         return inode
 
+    @staticmethod
+    def _dot(d: ErofsInode) -> DirEntryRecord | None:
+        """The "." a DOT_OMITTED directory does not store (readdir shows it)."""
+        return DirEntryRecord(b".", d.nid, f.EROFS_FT_DIR, 0) if d.dot_omitted else None
+
     def _dirent_type(self, rec: DirEntryRecord) -> int:
         t = f.mode_type_from_ftype(rec.file_type)
         if not t:
@@ -302,7 +386,7 @@ class ErofsFilesystem(Filesystem):
         def get_block(blk: int) -> list[DirEntryRecord]:
             return self._dir_block(d, blk)
 
-        entries = iter_entries(get_block, nblocks, offset)
+        entries = iter_entries(get_block, nblocks, offset, dot=self._dot(d))
         while True:
             try:
                 key, rec = next(entries)
@@ -338,6 +422,8 @@ class ErofsFilesystem(Filesystem):
         return self._read_meta(inode, 0, inode.size)
 
     def meta_reads_data(self, ino: Ino) -> bool:
+        if self.metabox is not None:
+            return True  # inodes are read through the metabox's page cache
         try:
             return self.inode(ino).is_compressed
         except FsError:
@@ -345,7 +431,7 @@ class ErofsFilesystem(Filesystem):
 
     def _xattrs(self, ino: Ino) -> list[tuple[bytes, bytes]]:
         inode = self.inode(ino)
-        return read_xattrs(self.image, self.sbi, inode, self.prefixes)
+        return read_xattrs(self.shared_xattrs, self.sbi, inode, self.prefixes)
 
     @_clean_errors
     def listxattr(self, ino: Ino) -> list[bytes]:
@@ -400,6 +486,7 @@ class ErofsFilesystem(Filesystem):
                 "lz4_max_pclusterblks": c.lz4_max_pclusterblks,
             },
             "packed_nid": sb.packed_nid,
+            "metabox_nid": self.sbi.metabox_nid,
             "xattr_prefix_count": sb.xattr_prefix_count,
             "extra_devices": sb.extra_devices,
         }
@@ -412,6 +499,7 @@ class ErofsFilesystem(Filesystem):
                 "ino": int(ino),
                 "nid": inode.nid,
                 "offset": inode.iloc,
+                "in_metabox": inode.in_metabox,
                 "inode_version": "extended" if inode.version else "compact",
                 "layout": inode.layout_name,
                 "mode": oct(inode.mode),
@@ -464,7 +552,8 @@ class ErofsFilesystem(Filesystem):
                 nblocks = dir_nblocks(d.size, self.sbi.block_size)
                 prev: bytes | None = None
                 dots: dict[bytes, int] = {}
-                for _key, rec in iter_entries(lambda b, d=d: self._dir_block(d, b), nblocks):  # type: ignore[misc]
+                get = functools.partial(self._dir_block, d)
+                for _key, rec in iter_entries(get, nblocks):
                     name = rec.name
                     if prev is not None and name <= prev:
                         yield f"nid {nid}: wrong dirent name order ({prev!r} then {name!r})"
@@ -496,7 +585,9 @@ class ErofsFilesystem(Filesystem):
                                 zmap.verify()
                         except FsError as e:
                             yield f"nid {rec.nid} ({name!r}): {e}"
-                if dots.get(b".") != nid:
+                if d.dot_omitted and b"." in dots:
+                    yield f"nid {nid}: '.' stored in a directory marked dot-omitted"
+                elif not d.dot_omitted and dots.get(b".") != nid:
                     yield f"nid {nid}: '.' is {dots.get(b'.')}, expected {nid}"
                 if dots.get(b"..") != parent:
                     yield f"nid {nid}: '..' is {dots.get(b'..')}, expected {parent}"

@@ -10,19 +10,6 @@ from fusefs.erofs.hash import superblock_checksum, verify_superblock_checksum
 from fusefs.errors import CorruptImageError, UnsupportedFeatureError
 from fusefs.vfs import ImageBytes
 
-# Incompat features this reader implements.  48BIT (encoded extents, NLINK_1,
-# 48-bit addresses) and METABOX (inodes inside a compressed inode) are known
-# to the kernel but refused here by name; DEVICE_TABLE images are read only
-# when they have no extra devices (the bit doubles as COMPR_HEAD2).
-SUPPORTED_INCOMPAT = (
-    f.EROFS_FEATURE_INCOMPAT_ZERO_PADDING
-    | f.EROFS_FEATURE_INCOMPAT_COMPR_CFGS
-    | f.EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
-    | f.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
-    | f.EROFS_FEATURE_INCOMPAT_ZTAILPACKING
-    | f.EROFS_FEATURE_INCOMPAT_FRAGMENTS
-    | f.EROFS_FEATURE_INCOMPAT_XATTR_PREFIXES
-)
 _SB_STRUCT = "erofs superblock"
 
 
@@ -51,6 +38,7 @@ class ErofsSuper:
     root_nid: int
     compr: CompressionConfig
     checksum_ok: bool | None  # None: the image has no checksum
+    metabox_nid: int = 0  # METABOX: the inode whose data holds metabox nids' slots
 
     @property
     def incompat(self) -> int:
@@ -60,6 +48,10 @@ class ErofsSuper:
         return bool(self.sb.feature_incompat & feature)
 
     def nid_offset(self, nid: int) -> int:
+        """Where inode ``nid`` starts: a byte offset in the image, or in the
+        metabox inode's data when the nid has the metabox bit."""
+        if f.nid_in_metabox(nid):
+            return (nid & f.EROFS_DIRENT_NID_MASK) << f.EROFS_ISLOTBITS
         return self.meta_base + (nid << f.EROFS_ISLOTBITS)
 
 
@@ -101,16 +93,12 @@ def read_super(image: ImageBytes) -> ErofsSuper:
                 structure=_SB_STRUCT,
                 offset=off + 4,
             )
+    # every incompat feature the 6.18 kernel knows is read here; DEVICE_TABLE
+    # only without extra devices (refused below; the bit doubles as COMPR_HEAD2)
     unknown = sb.feature_incompat & ~f.EROFS_ALL_FEATURE_INCOMPAT
     if unknown:
         names = ", ".join(f.feature_names(unknown, f.INCOMPAT_NAMES))
         raise UnsupportedFeatureError(f"erofs: unknown incompatible features {names}")
-    refused = sb.feature_incompat & ~SUPPORTED_INCOMPAT
-    if refused:
-        names = ", ".join(f.feature_names(refused, f.INCOMPAT_NAMES))
-        raise UnsupportedFeatureError(
-            f"erofs: incompatible feature {names} is not supported by nommufs"
-        )
     if sb.sb_size > 4096 - off:
         raise CorruptImageError(
             f"superblock size {sb.sb_size} too large", structure=_SB_STRUCT, offset=off
@@ -120,6 +108,30 @@ def read_super(image: ImageBytes) -> ErofsSuper:
         raise UnsupportedFeatureError(
             f"erofs: {sb.extra_devices} extra devices (multi-device/blob images) are not supported"
         )
+    if f.nid_in_metabox(sb.packed_nid):
+        raise CorruptImageError(
+            f"packed nid {sb.packed_nid:#x} points into the metabox",
+            structure=_SB_STRUCT,
+            offset=off,
+        )
+    metabox_nid = 0
+    if sb.feature_incompat & f.EROFS_FEATURE_INCOMPAT_METABOX:
+        if sb.sb_size <= f.EROFS_SB_METABOX_NID_OFFSET:
+            raise CorruptImageError(
+                f"metabox feature with a {sb.sb_size}-byte superblock (no metabox_nid slot)",
+                structure=_SB_STRUCT,
+                offset=off,
+            )
+        metabox_nid = f.metabox_nid_from(
+            image.slice(off + f.EROFS_SB_METABOX_NID_OFFSET, 16, structure=_SB_STRUCT), 0
+        )
+        if f.nid_in_metabox(metabox_nid):
+            # erofs: the metabox inode cannot live in itself (self-loop)
+            raise CorruptImageError(
+                f"metabox nid {metabox_nid:#x} points into the metabox",
+                structure=_SB_STRUCT,
+                offset=off + f.EROFS_SB_METABOX_NID_OFFSET,
+            )
     compr = _read_compr_cfgs(image, sb)
     meta_base = sb.meta_blkaddr * bs
     xattr_base = sb.xattr_blkaddr * bs
@@ -132,6 +144,7 @@ def read_super(image: ImageBytes) -> ErofsSuper:
         root_nid=sb.root_nid,
         compr=compr,
         checksum_ok=checksum_ok,
+        metabox_nid=metabox_nid,
     )
 
 

@@ -1,6 +1,10 @@
 """Compressed extent mapping: full and compact lcluster indexes, big
-pclusters (CBLKCNT), ztailpacking, fragments, dedupe's partial references
-(after the kernel's ``fs/erofs/zmap.c``).
+pclusters (CBLKCNT), ztailpacking, fragments, dedupe's partial references,
+48BIT's encoded extents (after the kernel's ``fs/erofs/zmap.c``).
+
+Indexes, extent records and inline pclusters are metadata: they are read
+from the inode's :attr:`~fusefs.erofs.inode.ErofsInode.meta` (the image, or
+the inode's record in the metabox); pclusters are in the image.
 
 :meth:`ZMap.map` returns the *whole* extent holding a logical offset as a
 :class:`~fusefs.erofs.data.Map` — where its pcluster is and how many bytes
@@ -34,19 +38,175 @@ class _Pack:
     decoded: list[zi.DecodedLcluster | None]
 
 
+def trailer_end(h: f.MapHeader, header_pos: int, inode: ErofsInode, blkszbits: int) -> int:
+    """Where the metadata of a compressed inode ends: after its map header,
+    lcluster indexes or extent records, and inline tail pcluster.  (An inode
+    in the metabox reads this much once, see :mod:`fusefs.erofs.data`.)"""
+    end = header_pos + f.MapHeader.SIZE
+    if h.whole_file_fragment:
+        return end
+    total = -(-inode.size // (1 << blkszbits))  # the kernel counts blocks
+    if inode.layout == f.EROFS_INODE_COMPRESSED_FULL and h.h_advise & f.Z_EROFS_ADVISE_EXTENTS:
+        recsz, pos, count = _extent_records(h, header_pos, inode.size, blkszbits)
+        return pos + recsz * count
+    if inode.layout == f.EROFS_INODE_COMPRESSED_COMPACT:
+        two_b = bool(h.h_advise & f.Z_EROFS_ADVISE_COMPACTED_2B)
+        end = zi.compact_layout(end, total, two_b).end
+    else:
+        end = f.full_index_pos(header_pos, total)
+    if h.h_advise & f.Z_EROFS_ADVISE_INLINE_PCLUSTER:
+        end += h.h_idata_size  # the tail pcluster follows the last index
+    return end
+
+
+def _extent_records(
+    h: f.MapHeader, header_pos: int, size: int, blkszbits: int
+) -> tuple[int, int, int]:
+    """``(record size, position of record 0, record count)`` of encoded
+    extents; 4-byte records follow one le64 physical start."""
+    recsz = f.extent_recsize(h.h_advise)
+    pos = f.round_up(header_pos + f.MapHeader.SIZE, recsz)
+    if recsz > 8:
+        return recsz, pos, h.h_extents
+    lcsize = 1 << (blkszbits + (h.h_clusterbits & 15))
+    return recsz, pos + (8 if recsz == 4 else 0), -(-size // lcsize)
+
+
+class _Extents:
+    """Encoded extents (48BIT, ``Z_EROFS_ADVISE_EXTENTS`` on a COMPRESSED_FULL
+    inode): records of ``recsz`` bytes instead of lcluster indexes, after the
+    kernel's ``z_erofs_map_blocks_ext``.
+
+    * 4-byte records (``plen`` only), one per lcluster, after one le64
+      physical start: the pclusters lie back to back from there;
+    * 8-byte records (``plen``, ``pstart_lo``), one per lcluster;
+    * 16/32-byte records with their logical start, sorted, ``h_extents`` of
+      them: binary searched.  32 bytes add the high word of ``lstart``.
+
+    Physical offsets are bytes (unaligned data is allowed).  The last
+    extent of a FRAGMENT_PCLUSTER inode is its fragment: ``plen`` and
+    ``pstart`` hold the offset in the packed inode."""
+
+    def __init__(self, z: ZMap, h: f.MapHeader) -> None:
+        self.z = z
+        self.lcsize = 1 << z.lclusterbits
+        self.interlaced = bool(z.advise & f.Z_EROFS_ADVISE_INTERLACED_PCLUSTER)
+        self.fragment = bool(z.advise & f.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER)
+        if self.fragment and not z.sbi.has(f.EROFS_FEATURE_INCOMPAT_FRAGMENTS):
+            raise z._bad("fragment extent without the fragments feature")
+        self.recsz, self.pos, self.count = _extent_records(
+            h, z.header_pos, z.size, z.sbi.blkszbits
+        )
+        z.meta.check(
+            self.pos, self.recsz * self.count, structure="erofs extent records", nid=z.nid
+        )
+        self.pstart = 0
+        if self.recsz == 4:
+            raw = z.meta.slice(self.pos - 8, 8, structure=_STRUCT, nid=z.nid)
+            self.pstart = int.from_bytes(bytes(raw), "little")
+        self._starts: list[int] | None = None  # 4-byte records: each one's physical start
+
+    def record(self, i: int) -> f.ZExtent:
+        raw = self.z.meta.slice(self.pos + self.recsz * i, self.recsz, structure=_STRUCT,
+                                nid=self.z.nid)  # fmt: skip
+        return f.ZExtent.unpack_from(raw, self.recsz)
+
+    def _lstart(self, e: f.ZExtent) -> int:
+        return e.lstart_lo | (e.lstart_hi << 32 if self.recsz == 32 else 0)
+
+    def _pstart4(self, i: int) -> int:
+        """Physical start of 4-byte record ``i``: the pclusters before it, back to back."""
+        if self._starts is None:
+            starts, pa = [], self.pstart
+            for j in range(self.count):
+                starts.append(pa)
+                pa += self.record(j).plen & f.Z_EROFS_EXTENT_PLEN_MASK
+            self._starts = starts
+        return self._starts[i]
+
+    def map(self, la: int) -> Map:
+        z, size = self.z, self.z.size
+        if self.recsz <= 8:
+            i = la // self.lcsize
+            e = self.record(i)
+            lstart, lend = i * self.lcsize, min((i + 1) * self.lcsize, size)
+            pa = self._pstart4(i) if self.recsz == 4 else e.pstart_lo
+        else:
+            # the last record starting at or before la (records sorted by lstart)
+            lo, hi, lend, found = 0, self.count, size, None
+            while lo < hi:
+                mid = (lo + hi) // 2
+                rec = self.record(mid)
+                start = self._lstart(rec)
+                if start > la:
+                    if start > lend:
+                        raise z._bad(f"extent record {mid} starts at {start}, out of order")
+                    hi, lend = mid, start
+                else:
+                    lo, found = mid + 1, (mid, rec, start)
+            if found is None:
+                raise UnsupportedFeatureError(
+                    f"erofs inode nid {z.nid}: no extent record holds offset {la} (a hole)"
+                )
+            # lend: the start of record i + 1, the last one the search went below
+            i, e, lstart = found
+            pa = e.pstart_lo | (e.pstart_hi << 32)
+        if not lstart <= la < lend:
+            raise z._bad(f"extent [{lstart}, {lend}) does not hold offset {la}")
+        llen = lend - lstart
+        if i == self.count - 1 and self.fragment:
+            fragmentoff = e.plen | (pa << 32 if self.recsz > 4 else 0)
+            return Map(lstart, llen, 0, 0, FRAGMENT | PARTIAL_REF, fragmentoff=fragmentoff)
+        plen = e.plen & f.Z_EROFS_EXTENT_PLEN_MASK
+        if not plen:
+            raise UnsupportedFeatureError(
+                f"erofs inode nid {z.nid}: unmapped extent [{lstart}, {lend}) (a hole)"
+            )
+        fmt = e.plen >> f.Z_EROFS_EXTENT_PLEN_FMT_BIT
+        if fmt:
+            algorithm = fmt - 1
+            if algorithm >= f.Z_EROFS_COMPRESSION_MAX:
+                raise UnsupportedFeatureError(
+                    f"erofs inode nid {z.nid}: unknown compression algorithm {algorithm}"
+                )
+            if not z.sbi.compr.available_algs & (1 << algorithm):
+                raise z._bad(
+                    f"algorithm {f.ALGORITHM_NAMES[algorithm]} is not enabled in the superblock"
+                )
+        elif self.interlaced and not (pa | plen) % z.sbi.block_size:
+            algorithm = f.Z_EROFS_COMPRESSION_INTERLACED
+        else:
+            algorithm = f.Z_EROFS_COMPRESSION_SHIFTED
+            if llen > plen:
+                raise z._bad(
+                    f"uncompressed extent of {llen} bytes longer than its {plen}-byte pcluster"
+                )
+        if plen > f.Z_EROFS_PCLUSTER_MAX_SIZE or llen > f.Z_EROFS_PCLUSTER_MAX_DSIZE:
+            raise UnsupportedFeatureError(
+                f"erofs inode nid {z.nid}: extent [{lstart}, {lend}) of {plen} encoded bytes"
+                " exceeds the kernel's limits (1 MiB encoded, 12 MiB decoded)"
+            )
+        z.image.check(pa, plen, structure="erofs pcluster", nid=z.nid)
+        flags = MAPPED | ENCODED
+        if e.plen & f.Z_EROFS_EXTENT_PLEN_PARTIAL:
+            flags |= PARTIAL_REF
+        return Map(lstart, llen, pa, plen, flags, algorithm)
+
+
 class ZMap:
     """The parsed map header of one compressed inode and its extent mapper
     (the kernel's ``z_erofs_fill_inode_lazy`` + ``z_erofs_map_blocks_fo``)."""
 
     def __init__(self, image: ImageBytes, sbi: ErofsSuper, inode: ErofsInode) -> None:
         self.image = image
+        self.meta = inode.meta
         self.sbi = sbi
         self.inode = inode
         self.nid = inode.nid
         self.size = inode.size
         self.compact = inode.layout == f.EROFS_INODE_COMPRESSED_COMPACT
         self.header_pos = f.map_header_pos(inode.iloc, inode.inode_isize, inode.xattr_isize)
-        raw = image.slice(
+        raw = self.meta.slice(
             self.header_pos, f.MapHeader.SIZE, structure="erofs map header", nid=self.nid
         )
         h = f.MapHeader.unpack_from(raw)
@@ -58,6 +218,7 @@ class ZMap:
         self.tail_head_lcn = -1
         self._pack_memo: _Pack | None = None
         self._last: Map | None = None  # the extent mapped last (reads ask again and again)
+        self.extents: _Extents | None = None
         if self.whole_fragment:
             if not sbi.has(f.EROFS_FEATURE_INCOMPAT_FRAGMENTS):
                 raise self._bad("whole-file fragment without the fragments feature")
@@ -66,17 +227,16 @@ class ZMap:
             self.lclusterbits = sbi.blkszbits
             return
         self.advise = h.h_advise
+        self.lclusterbits = sbi.blkszbits + (h.h_clusterbits & 15)
         if not self.compact and self.advise & f.Z_EROFS_ADVISE_EXTENTS:
-            raise UnsupportedFeatureError(
-                f"erofs inode nid {self.nid}: encoded extents (48bit) are not supported"
-            )
+            self.extents = _Extents(self, h)
+            return
         self.algs = (h.h_algorithmtype & 15, h.h_algorithmtype >> 4)
         for alg in self.algs:
             if alg >= f.Z_EROFS_COMPRESSION_MAX:
                 raise UnsupportedFeatureError(
                     f"erofs inode nid {self.nid}: unknown compression algorithm {alg}"
                 )
-        self.lclusterbits = sbi.blkszbits + (h.h_clusterbits & 15)
         if self.lclusterbits > 30:
             raise UnsupportedFeatureError(
                 f"erofs inode nid {self.nid}: lcluster bits {self.lclusterbits}"
@@ -98,8 +258,8 @@ class ZMap:
             if self.compact
             else None
         )
-        end = self.layout.end if self.layout else f.full_index_pos(self.header_pos, self.total)
-        image.check(
+        end = trailer_end(h, self.header_pos, inode, sbi.blkszbits)
+        self.meta.check(
             self.header_pos, end - self.header_pos, structure="erofs index area", nid=self.nid
         )
         ztail = bool(self.advise & f.Z_EROFS_ADVISE_INLINE_PCLUSTER)
@@ -148,7 +308,7 @@ class ZMap:
         try:
             if self.layout is None:
                 pos = f.full_index_pos(self.header_pos, lcn)
-                raw = self.image.slice(pos, f.LclusterIndex.SIZE, structure=_STRUCT, nid=self.nid)
+                raw = self.meta.slice(pos, f.LclusterIndex.SIZE, structure=_STRUCT, nid=self.nid)
                 big = self.big1 or self.big2
                 d = zi.decode_full_index(f.LclusterIndex.unpack_from(raw), self.lclusterbits, big)
                 memo = None
@@ -181,7 +341,7 @@ class ZMap:
         memo = self._pack_memo
         if memo is not None and memo.start == start:
             return memo
-        raw = self.image.slice(start, geo.pack_size, structure=_STRUCT, nid=self.nid)
+        raw = self.meta.slice(start, geo.pack_size, structure=_STRUCT, nid=self.nid)
         entries, base = zi.decode_compact_pack(raw, geo)
         first = lcn - (pos - start) // amort
         memo = self._pack_memo = _Pack(start, first, entries, base, [None] * len(entries))
@@ -257,6 +417,8 @@ class ZMap:
             raise self._bad(f"offset {la} outside the {self.size}-byte file")
         if self.whole_fragment:
             m = Map(0, self.size, 0, 0, FRAGMENT | PARTIAL_REF, fragmentoff=self.fragmentoff)
+        elif self.extents is not None:
+            m = self.extents.map(la)
         else:
             m = self._map(la)
         self._last = m
@@ -282,10 +444,17 @@ class ZMap:
                     f"algorithm {f.ALGORITHM_NAMES.get(fmt, fmt)} is not enabled in the superblock"
                 )
         if hlcn == self.tail_head_lcn and self.idata_size:
+            if self.inode.in_metabox:
+                # zdata copies inline pclusters from the image (ZData.source);
+                # this one's bytes are in the inode's MetaRecord instead
+                raise UnsupportedFeatureError(
+                    f"erofs inode nid {self.nid}: an inline (ztailpacking) pcluster"
+                    " inside the metabox is not read by nommufs yet"
+                )
             pa, plen = self.idataoff, self.idata_size
             if pa % bs + plen > bs:
                 raise self._bad(f"inline pcluster of {plen} bytes crosses a block", offset=pa)
-            self.image.check(pa, plen, structure="erofs inline pcluster", nid=self.nid)
+            self.meta.check(pa, plen, structure="erofs inline pcluster", nid=self.nid)
             flags = MAPPED | META | ENCODED
         elif hlcn == self.tail_head_lcn and self.advise & f.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER:
             return Map(m_la, llen, 0, 0, FRAGMENT | PARTIAL_REF, fragmentoff=self.fragmentoff)
@@ -308,12 +477,14 @@ class ZMap:
             flags |= PARTIAL_REF
         return Map(m_la, llen, pa, plen, flags, fmt)
 
-    def extents(self) -> list[Map]:
+    def all_extents(self) -> list[Map]:
         """Every extent of the file, in order (fsck)."""
         out: list[Map] = []
         la = 0
         while la < self.size:
             e = self.map(la)
+            if e.la != la:
+                raise self._bad(f"extent [{e.la}, {e.end}) does not follow the one ending at {la}")
             out.append(e)
             la = e.end
         return out
@@ -322,9 +493,9 @@ class ZMap:
         """Map the start of every lcluster and check it agrees with the extent
         list (fsck): a corrupt index that reads of whole extents would never
         visit still raises CorruptImageError here."""
-        extents = self.extents()
-        if self.whole_fragment:
-            return
+        extents = self.all_extents()
+        if self.whole_fragment or self.extents is not None:
+            return  # all_extents() checked that the records tile the file
         i = 0
         for lcn in range(self.total):
             la = lcn * self.lcsize
