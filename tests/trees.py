@@ -47,6 +47,26 @@ def build_small_tree(root: Path, *, seed: int = 1) -> Path:
     return root
 
 
+def add_deep_dir(root: Path, levels: int) -> None:
+    """``d0/d1/.../d{levels-1}/bottom`` under ``root``."""
+    deep = root.joinpath(*(f"d{i}" for i in range(levels)))
+    deep.mkdir(parents=True)
+    (deep / "bottom").write_bytes(b"deep down\n")
+
+
+def add_shared_xattrs(root: Path, *names: str) -> Path:
+    """``xattrs/shared-{0,1,2}``, each with the xattrs ``names`` (one value
+    per name, the same on all three: mkfs shares them); returns ``xattrs``."""
+    x = root / "xattrs"
+    x.mkdir()
+    for i in range(3):
+        p = x / f"shared-{i}"
+        p.write_bytes(b"x")
+        for name, value in zip(names, (b"shared value", b"another shared value"), strict=False):
+            os.setxattr(p, name, value)
+    return x
+
+
 def build_rich_tree(
     root: Path,
     *,
@@ -93,12 +113,7 @@ def build_rich_tree(
     crowd.mkdir()
     for i in range(many):
         (crowd / f"entry-{i:05d}-{rng.randrange(1 << 30):08x}").write_bytes(str(i).encode())
-    # deep nesting
-    deep = root
-    for i in range(40):
-        deep = deep / f"d{i}"
-    deep.mkdir(parents=True)
-    (deep / "bottom").write_bytes(b"deep down\n")
+    add_deep_dir(root, 40)
     # links
     links = root / "links"
     links.mkdir()
@@ -144,13 +159,7 @@ def build_rich_tree(
     os.utime(files / "text-100", ns=(0, 4_102_444_800 * 10**9 + 123456789))
     # xattrs
     if xattrs:
-        x = root / "xattrs"
-        x.mkdir()
-        for i in range(3):
-            p = x / f"shared-{i}"
-            p.write_bytes(b"x")
-            os.setxattr(p, "user.common", b"shared value")
-            os.setxattr(p, "user.common2", b"another shared value")
+        x = add_shared_xattrs(root, "user.common", "user.common2")
         p = x / "many"
         p.write_bytes(b"y")
         for i in range(12):

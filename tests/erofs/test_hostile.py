@@ -100,6 +100,11 @@ OUR_VARIANTS = {
     "ours-deflate-dedupe": ["-z", "deflate", "-E", "dedupe"],
 }
 REPO = Path(__file__).resolve().parents[2]
+# 48-bit layouts (encoded extents, NLINK_1) and a metabox, made by mkfs.erofs 1.9.3
+UPSTREAM = {
+    "upstream-48bit-fragments": "erofs-48bit-zstd-fragments-dedupe.img",
+    "upstream-metabox": "erofs-metabox-lz4hc.img",
+}
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +135,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         cmd = [sys.executable, "-m", "mkimage", "erofs", *opts, str(img), str(src)]
         subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=240)
         out[name] = img.read_bytes()
+    for name, file in UPSTREAM.items():
+        out[name] = (CORPUS / "upstream-1.9.3" / file).read_bytes()
     return out
 
 
@@ -165,7 +172,7 @@ def corrupt(
     return bytes(out)
 
 
-@pytest.mark.parametrize("variant", [*VARIANTS, *OUR_VARIANTS])
+@pytest.mark.parametrize("variant", [*VARIANTS, *OUR_VARIANTS, *UPSTREAM])
 @settings(
     max_examples=120,
     deadline=datetime.timedelta(seconds=10),
