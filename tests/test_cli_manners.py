@@ -5,6 +5,7 @@ dotfiles without -a."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,21 @@ def test_ls_hides_dotfiles_without_a(image: Path) -> None:
     assert r.stdout.split()[:3] == [b".", b"..", b".profile"], r.stdout
     r = nommufs("ls", "-l", str(image), ".profile")  # named explicitly: shown
     assert r.returncode == 0 and r.stdout.rstrip().endswith(b" .profile"), r.stdout
+
+
+def test_errors_name_the_path_asked_for(image: Path, tmp_path: Path) -> None:
+    """Not the temporary beside it: the output the user named."""
+    missing = tmp_path / "no-such-dir"
+    cases = [
+        (["extract", str(image), str(missing / "out")], f"nommufs extract: {missing / 'out'}: "),
+        (["mkimage", "erofs", str(missing / "x.img"), str(tmp_path)],
+         f"nommufs mkimage: {missing / 'x.img'}: "),
+        (["budget", str(image), "--mm", "mmu", "--decompress", "vmap", "--plot",
+          str(missing / "p.png")], f"nommufs budget: {missing / 'p.png'}: "),
+    ]  # fmt: skip
+    for argv, prefix in cases:
+        r = nommufs(*argv)
+        err = r.stderr.decode().strip()
+        assert r.returncode == 1 and len(err.splitlines()) == 1, err
+        assert err.startswith(prefix) and "No such file or directory" in err, err
+    assert not missing.exists() and sorted(os.listdir(tmp_path)) == []

@@ -221,7 +221,12 @@ def extract(
     else:
         if not stat.S_ISDIR(st.st_mode) or os.listdir(dest):
             raise InvalidArgumentError(f"{dest}: exists and is not an empty directory")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.nommufs-", dir=os.path.dirname(dest))
+    try:
+        tmp = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(dest)}.nommufs-", dir=os.path.dirname(dest)
+        )
+    except OSError as e:  # named as the directory asked for, not the temporary
+        raise OSError(e.errno, e.strerror, dest) from None
     try:
         rootfd = os.open(tmp, _DIR_FLAGS)
         ex = _Extractor(

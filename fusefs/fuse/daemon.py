@@ -137,6 +137,9 @@ def serve(
         raise InvalidArgumentError(f"--threads {threads}: at least 1")
     if stats_path is not None:
         stats_path = os.path.abspath(stats_path)  # the daemon chdirs to /
+        where = os.path.dirname(stats_path)
+        if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
+            raise FsError(f"--stats {stats_path}: cannot write in {where}")
     log_handler = _open_log(log_path) if log_path is not None else None
     prepare_mount_point(mountpoint)
     if foreground:

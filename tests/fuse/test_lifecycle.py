@@ -202,6 +202,8 @@ def test_mount_errors_name_the_right_path(
         ([str(image), str(afile)], f"{afile}: mount point is not a directory"),
         (["--log", str(nodir / "log"), str(image), str(mnt)],
          f"--log {nodir / 'log'}: No such file or directory"),
+        (["--stats", str(nodir / "s.json"), str(image), str(mnt)],
+         f"--stats {nodir / 's.json'}: cannot write in {nodir}"),
     ]  # fmt: skip
     before = sorted(os.listdir(tmp_path))
     for args, want in cases:
