@@ -527,9 +527,10 @@ class ErofsFilesystem(Filesystem):
                         })  # fmt: skip
                     else:
                         pa = m.pa if m.flags & MAPPED else None
-                        extents.append(
-                            {"la": m.la, "llen": m.llen, "pa": pa, "inline": bool(m.flags & META)}
-                        )
+                        extents.append({
+                            "la": m.la, "llen": m.llen, "pa": pa, "kind": m.kind,
+                            "inline": bool(m.flags & META),
+                        })  # fmt: skip
             out["extents"] = extents
             return out
 
