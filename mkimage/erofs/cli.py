@@ -16,6 +16,18 @@ Choices where mkfs.erofs versions or kernels differ:
   ``-E fragments`` keeps tails in a compressed packed inode (kernel 6.1+).
 * Without ``-z``, files with all-zero blocks are stored chunk-based with
   holes (kernel 5.15+).
+* ``--max-extent-bytes`` defaults to 1 MiB (mkfs.erofs: unbounded): one
+  extent is decoded whole, so this bounds the memory one read needs.
+* ``-x`` defaults to 1 (share an xattr found on two inodes; mkfs.erofs: 2).
+* ``-z A:B`` writes the configuration of every algorithm and compresses with
+  the first; ``--compress-hints`` picks another per file, as mkfs.erofs does.
+* ``-E 48bit`` (kernel 6.15+): 48-bit block addresses and nids, NLINK_1 and
+  relative mtimes in compact inodes; compressed files keep lcluster indexes
+  (mkfs.erofs 1.9 writes encoded extents there).  ``-E dot-omitted`` implies it.
+* Not implemented (mkfs.erofs has them): ``-m`` (metadata compression),
+  ``--zD``, ``--blobdev``, ``-E fragdedupe``, ``--incremental``, ``--tar=i``,
+  ``--ovlfs-strip``, ``--aufs``, ``--file-contexts``, ``--sort``,
+  ``--dsunit``, ``--uid-offset``/``--gid-offset``, ``--hard-dereference``.
 """
 
 from __future__ import annotations
@@ -30,7 +42,13 @@ from collections.abc import Callable
 from typing import Final
 
 from fusefs.erofs.format import Z_EROFS_PCLUSTER_MAX_SIZE
-from mkimage.erofs.compress import ALGORITHMS, parse_codec
+from mkimage.erofs.compress import (
+    ALGORITHMS,
+    MAX_EXTENT_BYTES,
+    MAX_EXTENT_BYTES_LIMIT,
+    parse_codecs,
+)
+from mkimage.erofs.options import XATTR_TOLERANCE_DEFAULT
 from mkimage.erofs.writer import EXTENDED_OPTIONS, ErofsOptions, build_erofs
 from mkimage.errors import BuildError
 from mkimage.tree import ScanOptions, atomic_output, scan
@@ -48,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-z",
         dest="compress",
         default="none",
-        metavar="ALG[,LEVEL]",
-        help=f"compressor: none, {', '.join(ALGORITHMS)} (default: none)",
+        metavar="ALG[,level=N][,dictsize=N][:ALG...]",
+        help=f"compressor: none, {', '.join(ALGORITHMS)} (default: none); ALG,N is ALG,level=N;"
+        " dictsize= for lzma, deflate, zstd; alternatives after ':' for --compress-hints",
     )
     parser.add_argument(
         "-C", dest="pcluster", type=int, metavar="BYTES",
@@ -63,6 +82,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-E", dest="extended", action="append", default=[], metavar="OPT[,OPT...]",
         help=f"extended options: {', '.join(EXTENDED_OPTIONS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-extent-bytes", type=int, default=MAX_EXTENT_BYTES, metavar="BYTES",
+        help=f"decoded size of one compressed extent at most (default {MAX_EXTENT_BYTES >> 20}"
+        " MiB; mkfs.erofs: unbounded): reading any byte of an extent decodes all of it, so"
+        " a reader needs this much memory at once, contiguous without an MMU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--chunksize", type=int, default=0, metavar="BYTES",
+        help="store uncompressed files chunk-based with chunks of BYTES (a power of two"
+        " >= the block size; all-zero chunks are holes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-x", dest="xattr_tolerance", type=int, default=XATTR_TOLERANCE_DEFAULT, metavar="N",
+        help=f"share an xattr found on more than N inodes (default {XATTR_TOLERANCE_DEFAULT});"
+        " N < 0 stores no xattrs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--offset", type=int, default=0, metavar="BYTES",
+        help="write the image BYTES into OUT (zeros before it)",
     )  # fmt: skip
     parser.add_argument(
         "-T", dest="epoch", type=int, metavar="EPOCH",
@@ -118,7 +157,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptio
                          " (--tar=f stores the data)")  # fmt: skip
     if args.src == "-" and not args.tar:
         raise BuildError("SRC -: standard input is read as a tar file only (--tar)")
-    codec = parse_codec(args.compress)
+    codecs = parse_codecs(args.compress)
+    codec = codecs[0] if codecs else None
     bs = args.block_size
     if not _power_of_two(bs) or not 512 <= bs <= 65536:
         raise BuildError(f"-b {bs}: block size must be a power of two in 512..65536")
@@ -153,11 +193,21 @@ def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptio
             extended.add(opt)
     if {"force-inode-compact", "force-inode-extended"} <= extended:
         raise BuildError("-E force-inode-compact and force-inode-extended exclude each other")
-    if codec is None and extended & {"fragments", "ztailpacking", "dedupe", "legacy-compress"}:
-        names = ", ".join(
-            sorted(extended & {"fragments", "ztailpacking", "dedupe", "legacy-compress"})
+    needs_z = {"fragments", "all-fragments", "ztailpacking", "dedupe", "legacy-compress"}
+    if codec is None and extended & needs_z:
+        raise BuildError(f"-E {', '.join(sorted(extended & needs_z))}: only with a compressor (-z)")
+    if "legacy-compress" in extended and len(codecs) > 1:
+        raise BuildError("-E legacy-compress: one algorithm only (no configuration records)")
+    if not bs <= args.max_extent_bytes <= MAX_EXTENT_BYTES_LIMIT:
+        raise BuildError(
+            f"--max-extent-bytes {args.max_extent_bytes}: must be in {bs} (the block size)"
+            f"..{MAX_EXTENT_BYTES_LIMIT} (the kernel decodes no longer extent)"
         )
-        raise BuildError(f"-E {names}: only with a compressor (-z)")
+    chunk = args.chunksize
+    if chunk and (not _power_of_two(chunk) or not bs <= chunk <= bs << 31):
+        raise BuildError(f"--chunksize {chunk}: must be a power of two, at least {bs}")
+    if args.offset < 0:
+        raise BuildError(f"--offset {args.offset}: negative")
     if "legacy-compress" in extended and codec is not None and pcluster > bs:
         raise BuildError("-E legacy-compress: no big pclusters (-C must be the block size)")
     fixed = True
@@ -200,7 +250,12 @@ def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptio
     )
     opts = ErofsOptions(
         codec=codec,
+        alt_codecs=codecs[1:],
         pcluster_size=pcluster,
+        max_extent_bytes=args.max_extent_bytes,
+        chunk_size=chunk,
+        xattr_tolerance=args.xattr_tolerance,
+        offset=args.offset,
         block_size=bs,
         extended=frozenset(extended),
         build_time=build_time,

@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fusefs.erofs.format import (
+    EROFS_CHUNK_FORMAT_48BIT,
+    EROFS_CHUNK_FORMAT_INDEXES,
     EROFS_SLOTSIZE,
     Z_EROFS_ADVISE_BIG_PCLUSTER_1,
     Z_EROFS_ADVISE_BIG_PCLUSTER_2,
@@ -23,7 +25,7 @@ from fusefs.erofs.format import (
     round_up,
 )
 from mkimage.erofs import inode as inodemod
-from mkimage.erofs.compress import SEGMENT_BYTES, DestSize, Extent, cut_extents
+from mkimage.erofs.compress import DestSize, Extent, cut_extents, segment_bytes
 from mkimage.erofs.inode import Inode
 from mkimage.erofs.options import ErofsOptions
 from mkimage.erofs.zmap import (
@@ -78,10 +80,11 @@ class Cutter:
             return cut_extents(
                 buf, self._destsize(), opts.pcluster_size, opts.block_size,
                 zero_padding=zero_padding, inline_max=inline_max if b == size else 0,
-                start=a, end=b,
+                start=a, end=b, max_extent=opts.max_extent_bytes,
             )  # fmt: skip
 
-        segments = [(a, min(size, a + SEGMENT_BYTES)) for a in range(0, size, SEGMENT_BYTES)]
+        seg = segment_bytes(opts.max_extent_bytes)
+        segments = [(a, min(size, a + seg)) for a in range(0, size, seg)]
         if self.pool is None or len(segments) == 1:
             return [e for a, b in segments for e in cut(a, b)]
         futures = [self.pool.submit(cut, a, b) for a, b in segments]
@@ -93,8 +96,10 @@ def prepare_file(node: Node, ino: Inode, opts: ErofsOptions, cutter: Cutter | No
     bs = opts.block_size
     size = len(data)
     codec = opts.codec
-    frag = "fragments" in opts.extended
+    frag = opts.fragments
     ztail = "ztailpacking" in opts.extended and not frag
+    if codec is not None and cutter is not None and "all-fragments" in opts.extended and size:
+        return _whole_fragment(ino, data)
     if codec is not None and cutter is not None and (size > bs or ((ztail or frag) and size > 0)):
         buf = bytearray(data)
         zero_padding = not ("legacy-compress" in opts.extended and codec.algorithm == 0)
@@ -124,22 +129,48 @@ def prepare_file(node: Node, ino: Inode, opts: ErofsOptions, cutter: Cutter | No
                 res.placed, res.pieces = placed, pieces
                 res.digests = [hashlib.sha256(buf[e.la : e.la + e.llen]).digest() for e in extents]
             return res
+    if opts.chunk_size and size:
+        return _chunked(data, ino, opts, opts.chunk_size)
     if codec is None and size >= bs:
-        zero = bytes(bs)
         nblk = -(-size // bs)
-        holes = [data[i * bs : (i + 1) * bs].rstrip(b"\0") == b"" for i in range(nblk)]
-        if any(holes) and sum(holes) * bs > 4 * nblk:
-            chunks: list[int | None] = []
-            parts: list[bytes] = []
-            for i, hole in enumerate(holes):
-                if hole:
-                    chunks.append(None)
-                else:
-                    chunks.append(len(parts))
-                    piece = data[i * bs : (i + 1) * bs]
-                    parts.append(piece + zero[: bs - len(piece)])
-            return FileResult(DataLayout.EROFS_INODE_CHUNK_BASED, b"".join(parts), chunks=chunks)
+        holes = sum(not data[i * bs : (i + 1) * bs].strip(b"\0") for i in range(nblk))
+        if holes and holes * bs > 4 * nblk:
+            return _chunked(data, ino, opts, bs)
     return flat(data, ino, opts, regular=True)
+
+
+def _chunked(data: bytes, ino: Inode, opts: ErofsOptions, chunk: int) -> FileResult:
+    """CHUNK_BASED: chunks of ``chunk`` bytes in contiguous blocks, an
+    all-zero chunk a hole (no blocks); a 4-byte block map, or 8-byte chunk
+    indexes with ``-E force-chunk-indexes`` (48-bit ones under ``-E 48bit``)."""
+    bs = opts.block_size
+    ino.chunkformat = (chunk // bs).bit_length() - 1
+    if "force-chunk-indexes" in opts.extended:
+        ino.chunkformat |= EROFS_CHUNK_FORMAT_INDEXES
+        if opts.is_48bit:
+            ino.chunkformat |= EROFS_CHUNK_FORMAT_48BIT
+    chunks: list[int | None] = []
+    parts: list[bytes] = []
+    blocks = 0
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        if not piece.strip(b"\0"):
+            chunks.append(None)
+            continue
+        chunks.append(blocks)
+        parts.append(piece + bytes(-len(piece) % bs))
+        blocks += -(-len(piece) // bs)
+    return FileResult(DataLayout.EROFS_INODE_CHUNK_BASED, b"".join(parts), chunks=chunks)
+
+
+def _whole_fragment(ino: Inode, data: bytes) -> FileResult:
+    """The whole file in the packed inode (-E all-fragments; a file of one
+    extent with -E fragments): a bare 8-byte map header with bit 63 set."""
+    ino.layout = DataLayout.EROFS_INODE_COMPRESSED_FULL
+    ino.map_header = MapHeader.with_fragmentoff(0, 0, 0, 1 << Z_EROFS_FRAGMENT_INODE_BIT)
+    ino.trailer = (1 << 63).to_bytes(8, "little")
+    ino.whole_fragment = True
+    return FileResult(ino.layout, b"", fragment=data)
 
 
 def _fragmented(
@@ -157,13 +188,8 @@ def _fragmented(
     placed.append(PlacedExtent(last.la, ino.size - last.la, 0, 1, True, fragment=True))
     pieces = [e.payload for e in extents[:-1]] + [b""]
     if len(extents) == 1:
-        # erofs: a whole-file fragment is a bare 8-byte header with bit 63 set
-        ino.layout = DataLayout.EROFS_INODE_COMPRESSED_FULL
-        ino.map_header = MapHeader.with_fragmentoff(0, 0, 0, 1 << Z_EROFS_FRAGMENT_INODE_BIT)
-        ino.trailer = (1 << 63).to_bytes(8, "little")
-        ino.whole_fragment = True
-    else:
-        _plan_compressed(ino, placed, opts, alg, b"", fragment=True)
+        return _whole_fragment(ino, bytes(buf))
+    _plan_compressed(ino, placed, opts, alg, b"", fragment=True)
     res = FileResult(ino.layout, b"".join(pieces), fragment=bytes(buf[last.la :]))
     if "dedupe" in opts.extended and not ino.whole_fragment:
         res.placed, res.pieces = placed, pieces

@@ -8,6 +8,10 @@ import stat
 from dataclasses import dataclass, field
 
 from fusefs.erofs.format import (
+    CHUNK_BLOCKMAP,
+    CHUNK_INDEX_SIZE,
+    EROFS_CHUNK_FORMAT_INDEXES,
+    EROFS_I_NLINK_1_BIT,
     EROFS_INODE_LAYOUT_COMPACT,
     EROFS_INODE_LAYOUT_EXTENDED,
     CompactInode,
@@ -20,7 +24,8 @@ from fusefs.erofs.format import (
     xattr_icount,
 )
 from mkimage.erofs.zmap import Lcluster
-from mkimage.tree import Node
+from mkimage.errors import BuildError
+from mkimage.tree import Node, show
 
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
@@ -50,6 +55,11 @@ class Inode:
     physical_blocks: int = 0
     # chunk-based files: block of each chunk relative to startblk, None = hole
     chunks: list[int | None] = field(default_factory=list)
+    chunkformat: int = 0  # i_u of a chunk-based inode: chunk bits, INDEXES, 48BIT
+    # 48BIT: a compact non-directory inode with nlink 1 says so in i_format
+    # (NLINK_1) and keeps the high bits of its address in i_nb
+    nlink_1: bool = False
+    dot_omitted: bool = False  # a directory without its "." dirent
     nid: int = 0
     trailer: bytes = b""
     whole_fragment: bool = False  # -E fragments: all data in the packed inode
@@ -64,21 +74,28 @@ class Inode:
         return self.core_size + len(self.xattr_body)
 
 
-def choose_core(ino: Inode, epoch: int, *, force_compact: bool, force_extended: bool) -> None:
+def choose_core(
+    ino: Inode, epoch: int, *, force_compact: bool, force_extended: bool, relative: bool = False
+) -> None:
     """Compact where every field fits and the mtime is exactly the epoch
     (kernels before 6.15 show the epoch for every compact inode), extended
     otherwise; ``-E force-inode-*`` override (compact then keeps mtime
-    seconds relative to the epoch and loses nanoseconds)."""
+    seconds relative to the epoch and loses nanoseconds).  ``relative``
+    (48BIT images, which need 6.15+): compact also where the mtime is whole
+    seconds within 2^32 of the epoch, as mkfs.erofs 1.9 writes them."""
     n = ino.node
     fits = ino.size <= U32 and n.uid <= U16 and n.gid <= U16 and n.nlink <= U16
+    secs, nsec = divmod(ino.mtime_ns, 1_000_000_000)
     exact = ino.mtime_ns == epoch * 1_000_000_000
+    if relative and not nsec and 0 <= secs - epoch <= U32:
+        exact = True
     if force_extended or not fits:
         ino.extended = True
-    elif force_compact:
+    elif force_compact or exact:
         ino.extended = False
-        ino.compact_mtime = min(max(ino.mtime_ns // 1_000_000_000 - epoch, 0), U32)
+        ino.compact_mtime = min(max(secs - epoch, 0), U32)
     else:
-        ino.extended = not exact
+        ino.extended = True
 
 
 def trailer_offset(ino: Inode) -> int:
@@ -89,7 +106,9 @@ def trailer_offset(ino: Inode) -> int:
     ):
         return round_up(ino.base_size, 8)
     if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
-        return round_up(ino.base_size, 4)
+        # erofs: the chunk table is aligned to its entry size
+        indexes = ino.chunkformat & EROFS_CHUNK_FORMAT_INDEXES
+        return round_up(ino.base_size, CHUNK_INDEX_SIZE if indexes else CHUNK_BLOCKMAP.size)
     return ino.base_size
 
 
@@ -103,8 +122,24 @@ def i_u(ino: Inode) -> int:
     ):
         return ino.physical_blocks
     if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
-        return 0  # le16 format: chunkbits 0 (one block per chunk), 4-byte block map
-    if stat.S_ISFIFO(n.mode) or stat.S_ISSOCK(n.mode) or ino.data_blocks == 0:
+        return ino.chunkformat  # le16 format, le16 reserved
+    return address(ino) & U32
+
+
+def address(ino: Inode) -> int:
+    """The block address ``i_u`` and ``i_nb`` share (48 bits under 48BIT):
+    the first data block, or a compressed file's block count."""
+    n = ino.node
+    if ino.layout in (
+        DataLayout.EROFS_INODE_COMPRESSED_FULL,
+        DataLayout.EROFS_INODE_COMPRESSED_COMPACT,
+    ):
+        return ino.physical_blocks
+    if (
+        ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED
+        or not (stat.S_ISREG(n.mode) or stat.S_ISDIR(n.mode) or stat.S_ISLNK(n.mode))
+        or ino.data_blocks == 0
+    ):
         return 0
     return ino.startblk
 
@@ -116,16 +151,28 @@ def encode(ino: Inode) -> bytes:
     fmt = i_format(
         EROFS_INODE_LAYOUT_EXTENDED if ino.extended else EROFS_INODE_LAYOUT_COMPACT, ino.layout
     )
+    # erofs (6.15+): bit 4 is NLINK_1 for compact non-directories, DOT_OMITTED for directories
+    if ino.dot_omitted or (ino.nlink_1 and not ino.extended):
+        fmt |= 1 << EROFS_I_NLINK_1_BIT
+    hi = address(ino) >> 32
+    if hi > U16:
+        raise BuildError(f"{show(n.path)}: block address beyond 48 bits")
     core: CompactInode | ExtendedInode
     if ino.extended:
         secs, nsec = divmod(ino.mtime_ns, 1_000_000_000)
         core = ExtendedInode(
-            fmt, icount, n.mode & U16, 0, ino.size, i_u(ino), ino.ino, n.uid, n.gid,
+            fmt, icount, n.mode & U16, hi, ino.size, i_u(ino), ino.ino, n.uid, n.gid,
             secs, nsec, n.nlink,
         )  # fmt: skip
     else:
+        if hi and not ino.nlink_1:
+            raise BuildError(
+                f"{show(n.path)}: a compact inode with nlink {n.nlink} cannot hold block "
+                f"address {address(ino)} (use -E 48bit or -E force-inode-extended)"
+            )
+        i_nb = hi if ino.nlink_1 else n.nlink
         core = CompactInode(
-            fmt, icount, n.mode & U16, n.nlink, ino.size, ino.compact_mtime, i_u(ino),
+            fmt, icount, n.mode & U16, i_nb, ino.size, ino.compact_mtime, i_u(ino),
             ino.ino, n.uid, n.gid,
         )  # fmt: skip
     head = core.pack() + ino.xattr_body

@@ -27,13 +27,18 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from fusefs.erofs.format import (
+    CHUNK_BLOCKMAP,
+    CHUNK_INDEX_SIZE,
     COMPR_CFG_HEADER,
+    EROFS_CHUNK_FORMAT_48BIT,
+    EROFS_CHUNK_FORMAT_INDEXES,
     EROFS_FEATURE_COMPAT_MTIME,
     EROFS_FEATURE_COMPAT_SB_CHKSUM,
     EROFS_FEATURE_COMPAT_XATTR_FILTER,
+    EROFS_FEATURE_INCOMPAT_48BIT,
     EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER,
     EROFS_FEATURE_INCOMPAT_CHUNKED_FILE,
     EROFS_FEATURE_INCOMPAT_COMPR_CFGS,
@@ -41,15 +46,19 @@ from fusefs.erofs.format import (
     EROFS_FEATURE_INCOMPAT_ZERO_PADDING,
     EROFS_FEATURE_INCOMPAT_ZTAILPACKING,
     EROFS_NULL_ADDR,
+    EROFS_NULL_ADDR_48,
     EROFS_SLOTSIZE,
     EROFS_SUPER_OFFSET,
     Z_EROFS_COMPRESSION_DEFLATE,
     Z_EROFS_COMPRESSION_LZ4,
+    Z_EROFS_COMPRESSION_LZMA,
     Z_EROFS_COMPRESSION_ZSTD,
     Z_EROFS_PCLUSTER_MAX_SIZE,
+    ChunkIndex,
     DataLayout,
     DeflateCfgs,
     Lz4Cfgs,
+    LzmaCfgs,
     SuperBlock,
     ZstdCfgs,
     ftype_from_mode,
@@ -59,9 +68,10 @@ from fusefs.erofs.format import (
 from fusefs.erofs.hash import superblock_checksum
 from mkimage.erofs import dir as dirmod
 from mkimage.erofs import inode as inodemod
+from mkimage.erofs.compress import MAX_EXTENT_BYTES
 from mkimage.erofs.data import Cutter, FileResult, flat, prepare_file
 from mkimage.erofs.inode import Inode
-from mkimage.erofs.options import EXTENDED_OPTIONS, ErofsOptions
+from mkimage.erofs.options import EXTENDED_OPTIONS, XATTR_TOLERANCE_DEFAULT, ErofsOptions
 from mkimage.erofs.xattr import XattrTable
 from mkimage.erofs.zmap import (
     full_index_bytes,
@@ -93,6 +103,9 @@ class ErofsWriter:
         self.tree = tree
         self.opts = opts
         self.bs = opts.block_size
+        # the superblock epoch compact mtimes count from; a 48BIT image keeps
+        # the build time as seconds after it (mkfs.erofs 1.9's choice)
+        self.epoch = max(0, opts.build_time - 0xFFFFFFFF) if opts.is_48bit else opts.build_time
         self.inodes: list[Inode] = []
         self.by_link: dict[LinkKey, Inode] = {}
         self.of_node: dict[int, Inode] = {}  # id(Node) -> inode
@@ -118,21 +131,35 @@ class ErofsWriter:
             self.of_node[id(node)] = ino
             if node.link is not None:
                 self.by_link[node.link] = ino
-        self.xattrs = XattrTable((show(i.node.path), i.node.xattrs) for i in self.inodes)
+        keep_xattrs = opts.xattr_tolerance >= 0  # mkfs.erofs -x -1: no xattrs at all
+        self.xattrs = XattrTable(
+            ((show(i.node.path), i.node.xattrs if keep_xattrs else {}) for i in self.inodes),
+            share_min=opts.xattr_tolerance + 1,
+        )
         for ino in self.inodes:
             where = show(ino.node.path) or "/"
-            ino.xattr_body = self.xattrs.ibody(ino.node.xattrs, where)
-            inodemod.choose_core(
-                ino,
-                opts.build_time,
-                force_compact="force-inode-compact" in opts.extended,
-                force_extended="force-inode-extended" in opts.extended,
-            )
+            ino.xattr_body = self.xattrs.ibody(ino.node.xattrs if keep_xattrs else {}, where)
+            self._choose_core(ino)
+
+    def _choose_core(self, ino: Inode) -> None:
+        opts = self.opts
+        inodemod.choose_core(
+            ino,
+            self.epoch,
+            force_compact="force-inode-compact" in opts.extended,
+            force_extended="force-inode-extended" in opts.extended,
+            relative=opts.is_48bit,
+        )
+        n = ino.node
+        ino.nlink_1 = opts.is_48bit and not ino.extended and not n.is_dir and n.nlink == 1
+        ino.dot_omitted = n.is_dir and "dot-omitted" in opts.extended
 
     def _dir_entries(self, node: Node) -> list[dirmod.DirEntry]:
         me = self.of_node[id(node)]
         parent = self.of_node[id(self.parent.get(id(node), node))]
-        out = [(b".", me.nid, 2), (b"..", parent.nid, 2)]
+        out = [(b"..", parent.nid, 2)]
+        if not me.dot_omitted:
+            out.insert(0, (b".", me.nid, 2))
         for c in node.children:
             out.append((c.name, self.of_node[id(c)].nid, int(ftype_from_mode(c.mode))))
         return out
@@ -196,15 +223,17 @@ class ErofsWriter:
             raise BuildError("-E fragments: the packed inode outgrew 4 GiB")
         ino.trailer = off.to_bytes(4, "little") + ino.trailer[4:]
 
-    def _write_packed(self, f: BinaryIO, data: bytes, cursor: int) -> int:
+    def _write_packed(self, f: _Sink, data: bytes, cursor: int) -> int:
         """The packed inode (not in any directory): the fragments, compressed
         like any file; returns the next free block."""
-        opts = dataclasses.replace(self.opts, extended=self.opts.extended - {"fragments"})
+        opts = dataclasses.replace(
+            self.opts, extended=self.opts.extended - {"fragments", "all-fragments"}
+        )
         mtime = opts.build_time * 10**9
         node = Node(path=b"(packed inode)", mode=stat.S_IFREG | 0o600, uid=0, gid=0,
                     mtime_ns=mtime, size=len(data), data=BytesData(data))  # fmt: skip
         ino = Inode(node, len(self.inodes) + 1, node.mtime_ns, size=len(data))
-        inodemod.choose_core(ino, opts.build_time, force_compact=False, force_extended=False)
+        self._choose_core(ino)
         res = prepare_file(node, ino, opts, Cutter(opts, None) if opts.codec else None)
         self._place_file(ino, res, cursor)
         payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
@@ -251,10 +280,21 @@ class ErofsWriter:
             # erofs: an inline tail pcluster starts right after the index area
             return ino.trailer + ino.inline
         if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
-            return b"".join(
-                (EROFS_NULL_ADDR if c is None else ino.startblk + c).to_bytes(4, "little")
-                for c in ino.chunks
-            )
+            # erofs: a hole is all ones in the address width (48 bits with EROFS_CHUNK_FORMAT_48BIT)
+            indexes = bool(ino.chunkformat & EROFS_CHUNK_FORMAT_INDEXES)
+            wide = bool(ino.chunkformat & EROFS_CHUNK_FORMAT_48BIT)
+            null = EROFS_NULL_ADDR_48 if wide else EROFS_NULL_ADDR
+            out = []
+            for c in ino.chunks:
+                blk = null if c is None else ino.startblk + c
+                if c is not None and blk >= null:
+                    raise BuildError(f"{show(ino.node.path)}: chunk at block {blk} (use -E 48bit)")
+                out.append(
+                    ChunkIndex(blk >> 32, 0, blk & 0xFFFFFFFF).pack()
+                    if indexes
+                    else CHUNK_BLOCKMAP.pack(blk)
+                )
+            return b"".join(out)
         return b""
 
     def _trailer_size(self, ino: Inode) -> int:
@@ -263,13 +303,15 @@ class ErofsWriter:
         if ino.map_header is not None:
             return len(ino.trailer) + len(ino.inline)
         if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
-            return 4 * len(ino.chunks)
+            indexes = ino.chunkformat & EROFS_CHUNK_FORMAT_INDEXES
+            return (CHUNK_INDEX_SIZE if indexes else CHUNK_BLOCKMAP.size) * len(ino.chunks)
         return 0
 
     # -- the whole build ------------------------------------------------
 
-    def write(self, f: BinaryIO) -> BuildReport:
+    def write(self, out: BinaryIO) -> BuildReport:
         opts, bs = self.opts, self.bs
+        f: _Sink = _Offset(out, opts.offset) if opts.offset else out
         self._collect()
         cfgs, u1, incompat = self._compr_cfgs()
         head_blocks = -(-(EROFS_SUPER_OFFSET + SuperBlock.SIZE + len(cfgs)) // bs)
@@ -312,15 +354,16 @@ class ErofsWriter:
         shared = self.xattrs.area
         meta_blocks = self._layout_metadata(len(shared))
         root = self.of_node[id(self.tree.root)]
-        if root.nid > 0xFFFF:
+        if root.nid > 0xFFFF and not opts.is_48bit:
+            # erofs: without 48BIT the root's nid has 16 bits (rootnid_2b)
             raise BuildError("the shared xattr area is too large for the root inode's nid")
         cursor = meta_blk + meta_blocks
         for ino, _payload in late:
             ino.startblk = cursor
             cursor += ino.data_blocks
         total_blocks = cursor
-        if total_blocks > 0xFFFFFFFF:
-            raise BuildError("the image needs more than 2^32 blocks")
+        if total_blocks > 0xFFFFFFFF and not (opts.is_48bit and root.nid):
+            raise BuildError("the image needs more than 2^32 blocks (-E 48bit has 48)")
         # directory contents hold nids: known only now
         late_data = bytearray()
         for ino, payload in late:
@@ -351,14 +394,19 @@ class ErofsWriter:
             incompat |= EROFS_FEATURE_INCOMPAT_FRAGMENTS
         if any(i.map_header is not None and i.inline for i in self.inodes):
             incompat |= EROFS_FEATURE_INCOMPAT_ZTAILPACKING
+        # 48BIT: the root's nid in rootnid_8b, and rootnid_2b becomes blocks_hi
+        # (while rootnid_8b is 0 the kernel still reads rootnid_2b as the nid)
+        wide = opts.is_48bit and root.nid > 0
+        if opts.is_48bit:
+            incompat |= EROFS_FEATURE_INCOMPAT_48BIT
         sb = SuperBlock(
             feature_compat=int(compat),
             blkszbits=opts.blkszbits,
-            root_nid_2b=root.nid,
+            root_nid_2b=total_blocks >> 32 if wide else root.nid,
             inos=len(self.inodes),
-            epoch=opts.build_time,
+            epoch=self.epoch,
             fixed_nsec=0,
-            blocks_lo=total_blocks,
+            blocks_lo=total_blocks & 0xFFFFFFFF,
             meta_blkaddr=meta_blk,
             xattr_blkaddr=meta_blk,
             uuid=self._uuid(),
@@ -366,6 +414,8 @@ class ErofsWriter:
             feature_incompat=int(incompat),
             u1=u1,
             packed_nid=self.packed.nid if self.packed is not None else 0,
+            build_time=opts.build_time - self.epoch if opts.is_48bit else 0,
+            rootnid_8b=root.nid if wide else 0,
         )
         first = bytearray(head_blocks * bs)
         first[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + SuperBlock.SIZE] = sb.pack()
@@ -469,19 +519,27 @@ class ErofsWriter:
         if not ("legacy-compress" in opts.extended and codec.algorithm == Z_EROFS_COMPRESSION_LZ4):
             incompat |= EROFS_FEATURE_INCOMPAT_ZERO_PADDING
         big = opts.pcluster_size > self.bs
-        if codec.algorithm == Z_EROFS_COMPRESSION_LZ4 and not big:
+        if opts.codecs == (codec,) and codec.algorithm == Z_EROFS_COMPRESSION_LZ4 and not big:
             return b"", 0, incompat
         incompat |= EROFS_FEATURE_INCOMPAT_COMPR_CFGS | EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER
-        if codec.algorithm == Z_EROFS_COMPRESSION_LZ4:
-            rec = Lz4Cfgs(0xFFFF, opts.pcluster_size // self.bs).pack()
-        elif codec.algorithm == Z_EROFS_COMPRESSION_ZSTD:
-            rec = ZstdCfgs(0, codec.zstd_window_log - 10).pack()
-        elif codec.algorithm == Z_EROFS_COMPRESSION_DEFLATE:
-            rec = DeflateCfgs(15).pack()
-        else:
-            raise BuildError(f"internal: no cfg record for algorithm {codec.algorithm}")
-        # erofs: each record is 4-byte aligned: le16 length, then the payload
-        return COMPR_CFG_HEADER.pack(len(rec)) + rec, 1 << codec.algorithm, incompat
+        records = bytearray()
+        # erofs: one record per algorithm of the bitmap, in ascending id order,
+        # each 4-byte aligned: le16 length, then the payload
+        for c in sorted(opts.codecs, key=lambda c: c.algorithm):
+            if c.algorithm == Z_EROFS_COMPRESSION_LZ4:
+                rec = Lz4Cfgs(0xFFFF, opts.pcluster_size // self.bs).pack()
+            elif c.algorithm == Z_EROFS_COMPRESSION_LZMA:
+                rec = LzmaCfgs(c.lzma_dict_size(opts.pcluster_size), 0).pack()
+            elif c.algorithm == Z_EROFS_COMPRESSION_ZSTD:
+                rec = ZstdCfgs(0, c.zstd_window_log - 10).pack()
+            elif c.algorithm == Z_EROFS_COMPRESSION_DEFLATE:
+                rec = DeflateCfgs(c.deflate_window_bits).pack()
+            else:
+                raise BuildError(f"internal: no cfg record for algorithm {c.algorithm}")
+            records += COMPR_CFG_HEADER.pack(len(rec)) + rec
+            records += bytes(-len(records) % 4)
+        bitmap = sum(1 << c.algorithm for c in opts.codecs)
+        return bytes(records), bitmap, incompat
 
     def _uuid(self) -> bytes:
         opts = self.opts
@@ -490,8 +548,12 @@ class ErofsWriter:
         if not opts.fixed_time:
             return uuidlib.uuid4().bytes
         # reproducible builds: a UUID derived from the tree and the options
-        what = (opts.codec, opts.pcluster_size, opts.block_size, sorted(opts.extended),
-                opts.build_time, opts.label)  # fmt: skip
+        what: tuple[object, ...] = (opts.codec, opts.pcluster_size, opts.block_size,
+                                    sorted(opts.extended), opts.build_time, opts.label)  # fmt: skip
+        if opts.alt_codecs or opts.max_extent_bytes != MAX_EXTENT_BYTES or opts.chunk_size:
+            what += (opts.alt_codecs, opts.max_extent_bytes, opts.chunk_size)
+        if opts.xattr_tolerance != XATTR_TOLERANCE_DEFAULT:
+            what += (opts.xattr_tolerance,)
         h = hashlib.sha256(repr(what).encode())
         for ino in self.inodes:
             n = ino.node
@@ -501,6 +563,32 @@ class ErofsWriter:
         raw[6] = (raw[6] & 0x0F) | 0x40  # version 4 layout, as a random UUID would have
         raw[8] = (raw[8] & 0x3F) | 0x80
         return bytes(raw)
+
+
+class _Sink(Protocol):
+    """What the writer does to its output file."""
+
+    def seek(self, pos: int, /) -> int: ...
+    def write(self, data: bytes | bytearray, /) -> int: ...
+    def truncate(self, size: int, /) -> int: ...
+
+
+class _Offset:
+    """``f`` with every position moved ``base`` bytes on (``--offset``)."""
+
+    def __init__(self, f: BinaryIO, base: int) -> None:
+        self.f = f
+        self.base = base
+        f.seek(base)
+
+    def seek(self, pos: int) -> int:
+        return self.f.seek(self.base + pos) - self.base
+
+    def write(self, data: bytes | bytearray) -> int:
+        return self.f.write(data)
+
+    def truncate(self, size: int) -> int:
+        return self.f.truncate(self.base + size) - self.base
 
 
 def build_erofs(tree: Tree, opts: ErofsOptions, f: BinaryIO) -> BuildReport:

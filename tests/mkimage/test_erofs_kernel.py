@@ -46,6 +46,9 @@ SPREAD = [
     ("zstd12-b512-C16k", ["-z", "zstd,12", "-b", "512", "-C", "16384"], False),
     ("deflate-C64k", ["-z", "deflate", "-C", "65536"], False),
     ("deflate9-b4096-legacy", ["-z", "deflate,9", "-E", "legacy-compress"], False),
+    ("lzma-C64k-maxext256k", ["-z", "lzma", "-C", "65536", "--max-extent-bytes", "262144"], False),
+    ("lz4hc-dot-omitted-ztail", ["-z", "lz4hc", "-E", "dot-omitted,ztailpacking"], False),
+    ("none-48bit-chunks-16k", ["-E", "48bit", "--chunksize", "16384"], False),
 ]
 
 
