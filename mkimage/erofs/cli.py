@@ -20,14 +20,12 @@ Choices where mkfs.erofs versions or kernels differ:
   extent is decoded whole, so this bounds the memory one read needs.
 * ``-x`` defaults to 1 (share an xattr found on two inodes; mkfs.erofs: 2).
 * ``-z A:B`` writes the configuration of every algorithm and compresses with
-  the first; ``--compress-hints`` picks another per file, as mkfs.erofs does.
+  the first (mkfs.erofs picks another per file with ``--compress-hints``).
 * ``-E 48bit`` (kernel 6.15+): 48-bit block addresses and nids, NLINK_1 and
   relative mtimes in compact inodes; compressed files keep lcluster indexes
   (mkfs.erofs 1.9 writes encoded extents there).  ``-E dot-omitted`` implies it.
-* Not implemented (mkfs.erofs has them): ``-m`` (metadata compression),
-  ``--zD``, ``--blobdev``, ``-E fragdedupe``, ``--incremental``, ``--tar=i``,
-  ``--ovlfs-strip``, ``--aufs``, ``--file-contexts``, ``--sort``,
-  ``--dsunit``, ``--uid-offset``/``--gid-offset``, ``--hard-dereference``.
+* What mkfs.erofs 1.9.3 has and this does not is listed at the end of
+  ``--help`` (:data:`NOT_IMPLEMENTED`).
 """
 
 from __future__ import annotations
@@ -59,7 +57,18 @@ KERNEL_MAX_BLOCK: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") e
 PROGRESS_MIN_FILES: Final = 2000
 
 
+NOT_IMPLEMENTED: Final = (
+    "-m (metadata compression)", "--zD", "--MZ", "--blobdev", "-E fragdedupe",
+    "--incremental", "--tar=i", "--ovlfs-strip", "--aufs", "--file-contexts", "--sort",
+    "--dsunit", "--uid-offset/--gid-offset", "--hard-dereference", "--compress-hints",
+)  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Not implemented (mkfs.erofs 1.9.3 has them): " + ", ".join(NOT_IMPLEMENTED) + ". "
+        "-E 48bit keeps lcluster indexes where mkfs.erofs writes encoded extents."
+    )
     parser.add_argument("out", metavar="OUT", help="image file to write (replaced atomically)")
     parser.add_argument("src", metavar="SRC", help="source directory (or tar file with --tar)")
     parser.add_argument(
@@ -68,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="none",
         metavar="ALG[,level=N][,dictsize=N][:ALG...]",
         help=f"compressor: none, {', '.join(ALGORITHMS)} (default: none); ALG,N is ALG,level=N;"
-        " dictsize= for lzma, deflate, zstd; alternatives after ':' for --compress-hints",
+        " dictsize= for lzma, deflate, zstd; alternatives after ':' get their configuration"
+        " written, the first compresses",
     )
     parser.add_argument(
         "-C", dest="pcluster", type=int, metavar="BYTES",
