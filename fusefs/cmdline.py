@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Final, NoReturn, Protocol
 
 from fusefs import __version__
-from fusefs.errors import FsError, Interrupted, InvalidArgumentError
+from fusefs.errors import FsError, Interrupted, InvalidArgumentError, interruption
 
 EXIT_USAGE: Final = 2
 EXIT_SIGPIPE: Final = 128 + signal.SIGPIPE
@@ -200,17 +200,18 @@ def run_main(parser: Parser, argv: Sequence[str] | None, *, dest: str) -> int:
     except UsageError as e:
         print(f"{e.prog}: error: {e} (see {e.prog} -h)", file=sys.stderr)
         return EXIT_USAGE
-    except Interrupted as e:
-        removed = f"; removed {', '.join(e.removed)}" if e.removed else ""
-        print(f"{label}: interrupted by {e.name}{removed}", file=sys.stderr)
-        return 128 + e.signum
-    except BrokenPipeError:
-        _quiet_stdout()
-        return EXIT_SIGPIPE
-    except FsError as e:
-        print(f"{label}: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
-        print(f"{label}: {where}{e.strerror or e}", file=sys.stderr)
+    except (Interrupted, FsError, OSError) as e:
+        interrupted = interruption(e)
+        if interrupted is not None:  # whatever the interrupted cleanup raised after it
+            removed = f"; removed {', '.join(interrupted.removed)}" if interrupted.removed else ""
+            print(f"{label}: interrupted by {interrupted.name}{removed}", file=sys.stderr)
+            return 128 + interrupted.signum
+        if isinstance(e, BrokenPipeError):
+            _quiet_stdout()
+            return EXIT_SIGPIPE
+        if isinstance(e, FsError):
+            print(f"{label}: {e}", file=sys.stderr)
+        elif isinstance(e, OSError):
+            where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
+            print(f"{label}: {where}{e.strerror or e}", file=sys.stderr)
         return 1

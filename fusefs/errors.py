@@ -106,7 +106,22 @@ class Interrupted(BaseException):
         super().__init__(self.name)
 
 
+def interruption(exc: BaseException | None) -> Interrupted | None:
+    """The Interrupted behind ``exc``: itself, or one in its chain of
+    ``__context__``/``__cause__``.  A signal lands between any two bytecodes,
+    so the cleanup it interrupts may fail in turn and raise something else
+    (``raise ... from None`` hides the context from tracebacks, not from here)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Interrupted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def note_removed(exc: BaseException, what: str) -> None:
     """Record that ``what`` was removed because ``exc`` ended the work."""
-    if isinstance(exc, Interrupted):
-        exc.removed.append(what)
+    interrupted = interruption(exc)
+    if interrupted is not None:
+        interrupted.removed.append(what)

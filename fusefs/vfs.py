@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import logging
 import mmap
 import os
 import re
@@ -31,11 +32,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NewType, TypeVar
 
-from fusefs.errors import CorruptImageError, FsError, InvalidArgumentError, UnsupportedFeatureError
+from fusefs.errors import (
+    CorruptImageError,
+    FsError,
+    InvalidArgumentError,
+    UnsupportedFeatureError,
+    interruption,
+)
 
 if TYPE_CHECKING:
     from mmshim import Arena
 
+log = logging.getLogger("nommufs")
 Ino = NewType("Ino", int)
 K = TypeVar("K")
 V = TypeVar("V")
@@ -355,8 +363,19 @@ class Filesystem(abc.ABC):
     def __enter__(self) -> Filesystem:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if interruption(exc) is None and not isinstance(exc, KeyboardInterrupt):
+            self.close()
+            return
+        # A signal stopped a read between any two bytecodes: references it
+        # held are not given back, and the arena's checks at close would
+        # replace the interruption (the news) with a leak report.
+        try:
+            self.close()
+        except FsError as e:
+            log.debug("closing after %s: %s", type(exc).__name__, e)
 
 
 # A probe looks at the first bytes of an image and, if the format is its own,

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import shutil
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
+from fusefs.atomicfile import atomic_directory
 from fusefs.commands._common import add_image_arguments, open_from_args
-from fusefs.errors import FsError, InvalidArgumentError, note_removed
+from fusefs.errors import FsError, InvalidArgumentError
 from fusefs.vfs import Attr, Filesystem, Ino, WalkItem, show_path, walk
 
 NAME = "extract"
@@ -221,13 +220,7 @@ def extract(
     else:
         if not stat.S_ISDIR(st.st_mode) or os.listdir(dest):
             raise InvalidArgumentError(f"{dest}: exists and is not an empty directory")
-    try:
-        tmp = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(dest)}.nommufs-", dir=os.path.dirname(dest)
-        )
-    except OSError as e:  # named as the directory asked for, not the temporary
-        raise OSError(e.errno, e.strerror, dest) from None
-    try:
+    with atomic_directory(dest) as tmp:
         rootfd = os.open(tmp, _DIR_FLAGS)
         ex = _Extractor(
             fs, rootfd, owners=root if owners is None else owners,
@@ -243,12 +236,6 @@ def extract(
         finally:
             ex.close()
             os.close(rootfd)
-        os.rename(tmp, dest)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not os.path.lexists(tmp):
-            note_removed(e, tmp)
-        raise
     # rename(2) may touch the moved directory's times on some filesystems
     top = ex.dirs[0][1]
     os.utime(dest, ns=(top.mtime_ns, top.mtime_ns), follow_symlinks=False)
