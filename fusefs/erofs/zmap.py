@@ -496,19 +496,28 @@ class ZMap:
         extents = self.all_extents()
         if self.whole_fragment or self.extents is not None:
             return  # all_extents() checked that the records tile the file
+        # Every lcluster's own index must lead back to the head of the extent
+        # that holds it.  The rest of what _map() derives (the extent's end,
+        # its pcluster) depends only on that head, so locating each lcluster
+        # checks as much as mapping it would, without walking its whole
+        # extent again for every lcluster (quadratic in the pcluster size).
         i = 0
+        head_of: tuple[int, int] | None = None  # (head lcn, start) of extents[i]
         for lcn in range(self.total):
             la = lcn * self.lcsize
             if la >= self.size:
                 break
             while i < len(extents) and extents[i].end <= la:
                 i += 1
-            e = self._map(la)  # not the memo: every lcluster's own index is checked
-            if i >= len(extents) or (e.la, e.llen, e.pa) != (
-                extents[i].la,
-                extents[i].llen,
-                extents[i].pa,
-            ):
+                head_of = None
+            if i >= len(extents):
+                raise self._bad(f"lcluster {lcn} lies past the file's extent list")
+            if head_of is None:
+                _head, hlcn, start = self._locate(extents[i].la)
+                head_of = (hlcn, start)
+            _head, hlcn, start = self._locate(max(la, extents[i].la))
+            if (hlcn, start) != head_of:
                 raise self._bad(
-                    f"lcluster {lcn} maps to extent [{e.la}, {e.end}), not the file's extent list"
+                    f"lcluster {lcn} leads to the extent at {start} (head lcluster {hlcn}),"
+                    f" not to the file's extent [{extents[i].la}, {extents[i].end})"
                 )
