@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import zstandard
 
@@ -239,8 +239,7 @@ def _search(
     return destsize
 
 
-@dataclass(frozen=True, slots=True)
-class Extent:
+class Extent(NamedTuple):
     """One extent of a compressed file: logical bytes ``[la, la + llen)``
     stored in a pcluster of ``len(payload)`` bytes (a multiple of the block
     size).  ``compressed`` False means the raw bytes at pcluster offset 0."""

@@ -255,7 +255,7 @@ class ErofsWriter:
         blk = cursor
         for e, piece, digest in zip(res.placed, res.pieces, res.digests, strict=True):
             if not piece:  # inline tail: no block
-                placed.append(dataclasses.replace(e, blkaddr=blk))
+                placed.append(e._replace(blkaddr=blk))
                 continue
             key = (digest, e.llen, e.compressed, e.blocks)
             addr = self.shared_pclusters.get(key)
@@ -265,7 +265,7 @@ class ErofsWriter:
                 blk += e.blocks
             else:
                 self.deduped += 1
-            placed.append(dataclasses.replace(e, blkaddr=addr))
+            placed.append(e._replace(blkaddr=addr))
         ino.data_blocks = blk - cursor
         ino.lclusters = lcluster_entries(placed, ino.size, self.opts.blkszbits, ino.big)
         ino.trailer = full_index_bytes(ino.map_header, ino.lclusters)
