@@ -377,11 +377,30 @@ def _read_files(fs: Filesystem, files: Sequence[WorkFile], result: BudgetResult)
                 off += len(data)
                 result.bytes_read += len(data)
         except MemoryError as e:  # OutOfMemoryError, or an mmshim allocation error
-            result.failure = f"{wf.path}: {e}"
+            result.failure = f"{wf.path}: {e}{_extent_hint(fs, wf.ino, off)}"
             return
         except FsError as e:
             raise _located(wf.path, e) from e
         result.files_done += 1
+
+
+def _extent_hint(fs: Filesystem, ino: Ino, off: int) -> str:
+    """When the read that ran out of memory decodes a compressed extent of
+    more than a page (an EROFS extent is decoded whole), name the option that
+    bounds extents; empty otherwise (and for formats without extents)."""
+    try:
+        extents = fs.describe_inode(ino).get("extents", [])
+    except FsError:
+        return ""
+    for e in extents:
+        if e["la"] <= off < e["la"] + e["llen"] and e.get("kind") == "encoded":
+            if e["llen"] <= PAGE_SIZE:
+                return ""
+            return (
+                f" (its extent at {e['la']} decodes {_kib(e['llen'])} at once; images built with"
+                " `nommufs mkimage erofs --max-extent-bytes=N` decode at most N)"
+            )
+    return ""
 
 
 def _map_programs(fs: Filesystem, result: BudgetResult) -> None:

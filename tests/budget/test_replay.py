@@ -21,6 +21,7 @@ from fusefs.budget import (
 )
 from fusefs.vfs import PAGE_SIZE, MemoryConfig, open_image
 from mmshim import Arena, Owner
+from tests.conftest import nommufs
 
 # An arena small enough that the page cache evicts and the frames of a
 # pcluster's output end up scattered (the test tree is ~3 MiB).
@@ -227,3 +228,23 @@ def test_recorder_is_bounded() -> None:
     bounce_i = OWNER_KINDS.index("bounce")
     assert max(s.by_owner[bounce_i] for s in rec.samples) == 4
     assert rec.samples[-1].free == 64
+
+
+def test_an_extent_that_does_not_fit_names_max_extent_bytes(tmp_path: Path) -> None:
+    """A MiB of zeros is one 1 MiB extent by default: decoding it needs an
+    order-8 folio a 512 KiB board cannot have; the failure names the
+    mkimage option, and with it the same tree fits."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "zeros").write_bytes(bytes(1 << 20))
+    combo = Combination("nommu-contig", "contig-folio")
+    for extra, fits in (((), False), (("--max-extent-bytes", "65536"), True)):
+        image = tmp_path / f"z{len(extra)}.img"
+        r = nommufs("mkimage", "erofs", "-q", "-z", "lz4hc", "-C", "65536", *extra,
+                    str(image), str(src))  # fmt: skip
+        assert r.returncode == 0, r.stderr.decode()
+        res = replay(image, _workload(image), combo, 512 << 10)
+        assert res.ok is fits, res.failure
+        if not fits:
+            assert res.failure is not None and "decodes 1024K at once" in res.failure
+            assert "--max-extent-bytes=N" in res.failure
