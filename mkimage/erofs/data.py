@@ -91,6 +91,15 @@ class Cutter:
         return [e for f in futures for e in f.result()]
 
 
+def compresses(size: int, opts: ErofsOptions) -> bool:
+    """Is a regular file of ``size`` bytes cut into pclusters (else it is
+    stored flat or chunk-based, which takes no compressor)?"""
+    if opts.codec is None or not size or "all-fragments" in opts.extended:
+        return False
+    ztail_or_frag = opts.fragments or "ztailpacking" in opts.extended
+    return size > opts.block_size or ztail_or_frag
+
+
 def prepare_file(node: Node, ino: Inode, opts: ErofsOptions, cutter: Cutter | None) -> FileResult:
     data = node.read_data()
     bs = opts.block_size
@@ -100,7 +109,7 @@ def prepare_file(node: Node, ino: Inode, opts: ErofsOptions, cutter: Cutter | No
     ztail = "ztailpacking" in opts.extended and not frag
     if codec is not None and cutter is not None and "all-fragments" in opts.extended and size:
         return _whole_fragment(ino, data)
-    if codec is not None and cutter is not None and (size > bs or ((ztail or frag) and size > 0)):
+    if codec is not None and cutter is not None and compresses(size, opts):
         buf = bytearray(data)
         zero_padding = not ("legacy-compress" in opts.extended and codec.algorithm == 0)
         inline_max = bs - EROFS_SLOTSIZE if ztail else 0

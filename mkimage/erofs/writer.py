@@ -69,7 +69,7 @@ from fusefs.erofs.hash import superblock_checksum
 from mkimage.erofs import dir as dirmod
 from mkimage.erofs import inode as inodemod
 from mkimage.erofs.compress import MAX_EXTENT_BYTES
-from mkimage.erofs.data import Cutter, FileResult, flat, prepare_file
+from mkimage.erofs.data import Cutter, FileResult, compresses, flat, prepare_file
 from mkimage.erofs.inode import Inode
 from mkimage.erofs.options import EXTENDED_OPTIONS, XATTR_TOLERANCE_DEFAULT, ErofsOptions
 from mkimage.erofs.xattr import XattrTable
@@ -180,23 +180,30 @@ class ErofsWriter:
             def task(ino: Inode) -> FileResult:
                 return prepare_file(ino.node, ino, opts, cutter)
 
-            pending: deque[tuple[Inode, Future[FileResult]]] = deque()
+            def start(ino: Inode) -> Future[FileResult] | FileResult:
+                # a file no compressor touches costs less here than a trip to the pool
+                if compresses(ino.node.size, opts):
+                    return pool.submit(task, ino)
+                return task(ino)
+
+            pending: deque[tuple[Inode, Future[FileResult] | FileResult]] = deque()
             it = iter(files)
             try:
                 for ino in it:
-                    pending.append((ino, pool.submit(task, ino)))
+                    pending.append((ino, start(ino)))
                     if len(pending) >= 4 * workers:
                         break
                 while pending:
                     ino, fut = pending.popleft()
-                    res = fut.result()
+                    res = fut.result() if isinstance(fut, Future) else fut
                     nxt = next(it, None)
                     if nxt is not None:
-                        pending.append((nxt, pool.submit(task, nxt)))
+                        pending.append((nxt, start(nxt)))
                     yield ino, res
             finally:
                 for _, fut in pending:
-                    fut.cancel()
+                    if isinstance(fut, Future):
+                        fut.cancel()
 
     def _place_file(self, ino: Inode, res: FileResult, cursor: int) -> None:
         ino.layout = res.layout
