@@ -140,24 +140,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             data = {"format": fs.format_name, **fs.describe()}
     if args.json:
-        json.dump(_numeric(data), sys.stdout, indent=2, default=str)
+        json.dump(data, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     elif args.summary:
         _print_summary(data)
     else:
         _print_text(data)
     return 0
-
-
-def _numeric(data: Any) -> Any:
-    """Numbers a format still hands out as text (``"0o100644"``, ``"0x2a"``)
-    for the keys of SHOWN_AS, as numbers."""
-    if isinstance(data, dict):
-        return {
-            k: int(v, 0) if k in SHOWN_AS and isinstance(v, str) and v[:2] in ("0o", "0x")
-            else _numeric(v)
-            for k, v in data.items()
-        }  # fmt: skip
-    if isinstance(data, list):
-        return [_numeric(v) for v in data]
-    return data

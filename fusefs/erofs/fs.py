@@ -474,7 +474,7 @@ class ErofsFilesystem(Filesystem):
             "volume_name": sb.volume_name.rstrip(b"\0").decode(errors="replace"),
             "feature_compat": f.feature_names(sb.feature_compat, f.COMPAT_NAMES),
             "feature_incompat": f.feature_names(sb.feature_incompat, f.INCOMPAT_NAMES),
-            "checksum": f"{sb.checksum:#010x}",
+            "checksum": sb.checksum,
             "checksum_ok": self.sbi.checksum_ok,
             "compression": {
                 "algorithms": [
@@ -502,7 +502,7 @@ class ErofsFilesystem(Filesystem):
                 "in_metabox": inode.in_metabox,
                 "inode_version": "extended" if inode.version else "compact",
                 "layout": inode.layout_name,
-                "mode": oct(inode.mode),
+                "mode": inode.mode,
                 "size": inode.size,
                 "nlink": inode.nlink,
                 "uid": inode.uid,
@@ -514,7 +514,7 @@ class ErofsFilesystem(Filesystem):
             }
             extents: list[dict[str, Any]] = []
             if zmap is not None:
-                out["advise"] = f"{zmap.advise:#x}"
+                out["advise"] = zmap.advise
                 out["lclusterbits"] = zmap.lclusterbits
             if inode.is_reg or inode.is_dir or inode.is_lnk:
                 for m in itertools.islice(iter_maps(self.image, self.sbi, inode, zmap), 1000):
