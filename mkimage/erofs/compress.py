@@ -269,8 +269,8 @@ def cut_extents(
     max_extent: int = MAX_EXTENT_BYTES,
 ) -> list[Extent]:
     """Cut a file into extents, mkfs-style: each pcluster holds as much input
-    as fits in ``pcluster`` bytes; a pcluster that would not save a block is
-    stored uncompressed, one block at a time.  With ``inline_max`` (ztailpacking)
+    as fits in ``pcluster`` bytes; the input of a pcluster that would not
+    save a block is stored uncompressed, in one-block extents.  With ``inline_max`` (ztailpacking)
     a final extent whose stream is at most that long is kept compressed when
     it is shorter than its data, since it will not take a block.  ``start``
     and ``end`` cut only that segment (extents keep file offsets); no extent
@@ -294,7 +294,13 @@ def cut_extents(
             extents.append(Extent(pos, consumed, payload, True, stream))
             pos += consumed
             continue
-        llen = min(block, size - pos)
-        extents.append(Extent(pos, llen, bytes(mv[pos : pos + llen]) + bytes(block - llen), False))
-        pos += llen
+        # erofs-utils 1.9: what did not compress is stored raw, one block per
+        # extent, all of it at once -- trying again one block further on
+        # would compress the same bytes again (16 times for -C 65536)
+        stop = min(size, pos + max(block, min(consumed, pcluster) // block * block))
+        while pos < stop:
+            llen = min(block, size - pos)
+            piece = bytes(mv[pos : pos + llen])
+            extents.append(Extent(pos, llen, piece + bytes(block - llen), False))
+            pos += llen
     return extents
