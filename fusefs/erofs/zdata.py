@@ -132,8 +132,8 @@ class ZData:
     ) -> memoryview:
         """The pcluster's bytes: inline ones from metadata, fragments from the
         packed inode, the rest in arena memory as the strategy reads them in."""
-        if m.flags & META:
-            return self.image.slice(m.pa, m.plen, structure="erofs inline pcluster", nid=inode.nid)
+        if m.flags & META:  # the image, or the inode's record in the metabox
+            return inode.meta.slice(m.pa, m.plen, structure="erofs inline pcluster", nid=inode.nid)
         if m.flags & FRAGMENT:
             return memoryview(self._fragments[m.la])  # read by fill()
         return strategy.read_input(undo, inode.nid, m)

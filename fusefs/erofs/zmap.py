@@ -444,13 +444,6 @@ class ZMap:
                     f"algorithm {f.ALGORITHM_NAMES.get(fmt, fmt)} is not enabled in the superblock"
                 )
         if hlcn == self.tail_head_lcn and self.idata_size:
-            if self.inode.in_metabox:
-                # zdata copies inline pclusters from the image (ZData.source);
-                # this one's bytes are in the inode's MetaRecord instead
-                raise UnsupportedFeatureError(
-                    f"erofs inode nid {self.nid}: an inline (ztailpacking) pcluster"
-                    " inside the metabox is not read by nommufs yet"
-                )
             pa, plen = self.idataoff, self.idata_size
             if pa % bs + plen > bs:
                 raise self._bad(f"inline pcluster of {plen} bytes crosses a block", offset=pa)

@@ -20,17 +20,14 @@ import pytest
 from fusefs.erofs import format as f
 from fusefs.erofs.fs import ErofsFilesystem
 from fusefs.erofs.hash import superblock_checksum
-from fusefs.errors import CorruptImageError, UnsupportedFeatureError
+from fusefs.errors import CorruptImageError
 from fusefs.vfs import MemoryConfig, open_image, resolve, walk
 from tests.conftest import Mounter, missing_kernel_erofs, nommufs
 from tests.trees import Entry, diff_trees, snapshot, snapshot_fs
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "upstream-1.9.3"
-# zdata copies inline pclusters from the image; one in the metabox is refused
-# until ZData.source reads it from the inode's metadata (inode.meta).
-REFUSED = {"erofs-metabox-ztailpacking.img"}
 IMAGES = sorted(p.name for p in CORPUS.glob("*.img"))
-READ = [n for n in IMAGES if n not in REFUSED]
+READ = IMAGES
 # every memory mode, spread over the images
 MEMORY = [
     ["--mm", "mmu"],
@@ -127,12 +124,14 @@ def test_metabox_metadata_goes_through_the_arena() -> None:
     assert plain["bytes_decompressed"] == 0 and plain["pclusters_decoded"] == 0
 
 
-def test_metabox_inline_pcluster_is_refused_by_name() -> None:
+def test_metabox_inline_pcluster_reads_from_the_inodes_record() -> None:
+    """An inline (ztailpacking) pcluster of an inode in the metabox lives in
+    the inode's record there, not in the image."""
     with open_image(CORPUS / "erofs-metabox-ztailpacking.img") as fs:
         ino = resolve(fs, "files/text-4095")
         assert fs.getattr(ino).size == 4095
-        with pytest.raises(UnsupportedFeatureError, match=r"inline \(ztailpacking\) pcluster"):
-            fs.read(ino, 0, 4095)
+        data = fs.read(ino, 0, 4095)
+        assert len(data) == 4095 and data.strip(b"\0")
 
 
 @pytest.mark.kernel
