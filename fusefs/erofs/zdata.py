@@ -29,7 +29,7 @@ from fusefs.erofs.inode import ErofsInode
 from fusefs.erofs.super import ErofsSuper
 from fusefs.erofs.zmap import ZMap
 from fusefs.erofs.zutil import DecodeStrategy, Undo, make_strategy
-from fusefs.errors import CorruptImageError, OutOfMemoryError
+from fusefs.errors import CorruptImageError
 from fusefs.memory import ReadMemory
 from fusefs.vfs import ImageBytes, Strategy
 from mmshim import PAGE_SIZE, Page
@@ -159,14 +159,12 @@ class ZData:
         counters.bytes_decompressed += len(dst)
         counters.pclusters_decoded += 1
 
-    def page(self, nid: int, index: int) -> Page:
-        """The page-cache page at ``index``, created where missing (locked)."""
-        try:
-            return self.mem.cache.find_or_create(nid, index)
-        except MemoryError as e:
-            raise OutOfMemoryError(
-                f"erofs: nid {nid}: cannot allocate page cache page {index} (order 0): {e}"
-            ) from None
+    def end_complete(self, complete: list[Page], locked: list[Page]) -> list[Page]:
+        """Mark ``complete`` uptodate as they are unlocked (``folio_end_read``),
+        in one call; the pages of ``locked`` still to be unlocked."""
+        self.mem.arena.end_read(complete, True)
+        done = set(map(id, complete))
+        return [pg for pg in locked if id(pg) not in done]
 
     @staticmethod
     def uptodate_run(pages: dict[int, Page], want: int) -> int:

@@ -227,10 +227,7 @@ class MappedStrategy(DecodeStrategy):
                 finally:
                     undo_all(undo)
             page, complete = zd.settle(inode, held, ranges, want)
-            # complete pages become uptodate as they are unlocked (folio_end_read)
-            mem.arena.end_read(complete, True)
-            done = set(map(id, complete))
-            locked = [pg for pg in locked if id(pg) not in done]
+            locked = zd.end_complete(complete, locked)
             return page, zd.uptodate_run(held, want)
         finally:
             mem.arena.end_read(locked, False)  # the rest: unlocked, not uptodate
@@ -341,7 +338,7 @@ class BufferedStrategy(DecodeStrategy):
                     parts = [(max(x, qs), min(y, qe)) for x, y in ranges if x < qe and y > qs]
                     if not parts:
                         continue
-                    pg = zd.page(nid, q)
+                    pg, _created = mem.grab(nid, q, f"nid {nid}")
                     touched[q] = pg
                     if pg.is_uptodate:
                         continue
@@ -354,9 +351,7 @@ class BufferedStrategy(DecodeStrategy):
                         mem.counters.copy_bytes += y - x
                     v.release()
                 page, complete = zd.settle(inode, touched, ranges, want)
-                arena.end_read(complete, True)
-                done = set(map(id, complete))
-                locked = [pg for pg in locked if id(pg) not in done]
+                locked = zd.end_complete(complete, locked)
                 return page, zd.uptodate_run(touched, want)
             finally:
                 arena.end_read(locked, False)
