@@ -41,7 +41,9 @@ from fusefs.errors import (
 )
 
 if TYPE_CHECKING:
+    from fusefs.memory import ReadMemory
     from mmshim import Arena
+    from mmshim.mmap import MmapFile
 
 log = logging.getLogger("nommufs")
 Ino = NewType("Ino", int)
@@ -267,6 +269,25 @@ class ImageBytes:
             pass
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a format can do besides reading files, declared once per format
+    so that callers (``budget``, the loader simulation) ask the type, not
+    the format's name.
+
+    ``strategies``: the decompression strategies a mount may choose between
+    (:data:`MemoryConfig.decompress`); empty when the format decodes one way
+    only (cramfs: zlib into each page-cache frame).  ``mmap``: regular files
+    can be mapped (:meth:`Filesystem.mappable`), so programs can be loaded;
+    ``xip``: file data can lie in flash ready to map in place
+    (:meth:`Filesystem.xip_pages`).
+    """
+
+    strategies: tuple[Strategy, ...] = ()
+    mmap: bool = False
+    xip: bool = False
+
+
 class Filesystem(abc.ABC):
     """A read-only filesystem image, opened.
 
@@ -276,8 +297,11 @@ class Filesystem(abc.ABC):
     """
 
     format_name: str = "?"
+    capabilities: Capabilities = Capabilities()
     # The simulated machine's memory this open image reads through (each open
-    # image has its own); a format sets it in its __init__.
+    # image has its own): the arena, its page cache and the read path's
+    # counters; a format sets both in its __init__ (``arena`` is ``mem.arena``).
+    mem: ReadMemory
     arena: Arena
 
     def __init__(self, image: ImageBytes, memory: MemoryConfig) -> None:
@@ -356,6 +380,17 @@ class Filesystem(abc.ABC):
     def memory_stats(self) -> dict[str, int]:
         """Counters of the simulated machine's memory used by this image."""
         return {}
+
+    def mappable(self, ino: Ino) -> MmapFile:
+        """The regular file ``ino`` as an :class:`mmshim.mmap.MmapFile` over
+        this image's arena; only where ``capabilities.mmap``."""
+        raise UnsupportedFeatureError(f"{self.format_name}: files cannot be mmapped by nommufs")
+
+    def xip_pages(self, ino: Ino, pgoff: int = 0, pages: int | None = None) -> tuple[int, int]:
+        """(flash offset, count) of the pages of ``ino`` from ``pgoff`` stored
+        ready to map in place (execute in place); count 0 where none are, and
+        always for a format without ``capabilities.xip``."""
+        return 0, 0
 
     def close(self) -> None:
         self.image.close()

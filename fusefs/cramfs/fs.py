@@ -54,7 +54,16 @@ from fusefs.errors import (
     NotFoundError,
 )
 from fusefs.memory import ReadMemory
-from fusefs.vfs import Attr, DirEntry, Filesystem, FsStat, ImageBytes, Ino, MemoryConfig
+from fusefs.vfs import (
+    Attr,
+    Capabilities,
+    DirEntry,
+    Filesystem,
+    FsStat,
+    ImageBytes,
+    Ino,
+    MemoryConfig,
+)
 from mmshim import Page
 from mmshim.flash import Flash
 
@@ -82,6 +91,7 @@ class CramfsFilesystem(Filesystem):
     """A cramfs image (either byte order, boot pad, holes, extended pointers, XIP)."""
 
     format_name = "cramfs"
+    capabilities = Capabilities(mmap=True, xip=True)
 
     def __init__(self, image: ImageBytes, memory: MemoryConfig) -> None:
         super().__init__(image, memory)

@@ -61,8 +61,10 @@ from fusefs.errors import (
 )
 from fusefs.memory import ReadMemory, SequentialReads, filemap_read
 from fusefs.vfs import (
+    STRATEGIES,
     Attr,
     BoundedCache,
+    Capabilities,
     DirEntry,
     Filesystem,
     FsStat,
@@ -112,6 +114,7 @@ class ErofsFilesystem(Filesystem):
     through the page cache of an ``mmshim`` arena (see :mod:`fusefs.erofs.zdata`)."""
 
     format_name = "erofs"
+    capabilities = Capabilities(strategies=STRATEGIES)
 
     def __init__(self, image: ImageBytes, memory: MemoryConfig) -> None:
         super().__init__(image, memory)
@@ -129,7 +132,7 @@ class ErofsFilesystem(Filesystem):
         # the packed inode is one of them
         self._reading: list[int] = []
         self._reading_packed = False
-        self.reader = ReadMemory(memory, fmt="erofs")
+        self.reader = self.mem = ReadMemory(memory, fmt="erofs")
         self.arena = self.reader.arena
         self.sequential = SequentialReads()
         try:
