@@ -112,7 +112,7 @@ def format_table(report: BudgetReport) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
-        from fusefs.budget_plot import plot_format
+        from fusefs.budget.plot import plot_format
 
         plot_format(args.plot)  # a bad extension fails before the replay
     report = budget(
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         progress=_progress if verbosity(args) else None,
     )
     if args.plot is not None:
-        from fusefs.budget_plot import write_plot
+        from fusefs.budget.plot import write_plot
 
         write_plot(report, args.plot)
     if args.json:

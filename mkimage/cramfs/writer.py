@@ -37,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from fusefs.cramfs.elf import is_elf_program
 from fusefs.cramfs.format import (
     CRAMFS_BLK_DIRECT_PTR_SHIFT,
     CRAMFS_BLK_FLAG_DIRECT_PTR,
@@ -65,6 +64,7 @@ from fusefs.cramfs.format import (
     rdev_encode,
     u32,
 )
+from fusefs.elf import is_elf_program
 from mkimage.errors import BuildError
 from mkimage.tree import Node, Tree, show
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -307,12 +308,17 @@ def build_images(tree: Path, outdir: Path) -> dict[str, Path]:
 def _alloc_calls() -> Iterator[Callable[[BudgetResult], int | None]]:
     """Note each replay's ``arena.stats.alloc_calls`` (budget does not report it).
 
-    Wraps ``fusefs.budget._collect``, which every replay calls once with its
+    Wraps ``_collect`` (in ``fusefs.budget.replay``; before the package, in
+    ``fusefs.budget``), which every replay calls once with its
     arena and its result; if a later budget no longer has it, the numbers are
     None (they are informational only).
     """
     seen: dict[int, tuple[BudgetResult, int]] = {}
-    original = getattr(fusefs.budget, "_collect", None)
+    try:
+        home: Any = importlib.import_module("fusefs.budget.replay")
+    except ModuleNotFoundError:  # the code before budget became a package
+        home = fusefs.budget
+    original = getattr(home, "_collect", None)
     if original is None:
         yield lambda res: None
         return
@@ -321,11 +327,11 @@ def _alloc_calls() -> Iterator[Callable[[BudgetResult], int | None]]:
         original(fs, arena, result)
         seen[id(result)] = (result, arena.stats.alloc_calls)  # holding result keeps ids unique
 
-    fusefs.budget._collect = collect
+    home._collect = collect
     try:
         yield lambda res: seen[id(res)][1] if id(res) in seen else None
     finally:
-        fusefs.budget._collect = original
+        home._collect = original
 
 
 Rows = dict[str, dict[str, Any]]  # combination ("mm+strategy") -> counter -> value

@@ -12,7 +12,6 @@ from fusefs.budget import (
     Combination,
     Recorder,
     Workload,
-    arena_of,
     budget,
     find_fits_from,
     find_min_arena,
@@ -47,7 +46,7 @@ def test_numbers_are_the_arenas(erofs16: Path) -> None:
         for wf in work.files:
             data = b"".join(fs.read(wf.ino, off, 128 << 10) for off in range(0, wf.size, 128 << 10))
             assert len(data) == wf.size
-        st = arena_of(fs).stats
+        st = fs.arena.stats
         mem = fs.memory_stats()
     assert res.peak_frames == st.frames_peak
     assert res.bounce_bytes == st.bounce_bytes > 0
@@ -104,7 +103,7 @@ def test_nommu_contig_vmap_fails_where_folios_succeed(erofs16: Path) -> None:
 def test_percpu_reservation_counts_from_mount(erofs16: Path) -> None:
     """The percpu buffers are allocated at mount and are part of the peak."""
     with open_image(erofs16, MemoryConfig("mmu", "percpu-buffer", BOARD)) as fs:
-        at_mount = arena_of(fs).stats.frames_by_owner["percpu"]
+        at_mount = fs.arena.stats.frames_by_owner["percpu"]
     assert at_mount > 0
     empty = Workload("list", ())
     res = replay(erofs16, empty, Combination("mmu", "percpu-buffer"), BOARD)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fusefs.budget.loader import map_executables
 from fusefs.cramfs.fs import CramfsFilesystem
-from fusefs.cramfs.loader import map_executables
 from fusefs.vfs import Ino, MemoryConfig, open_image, resolve
 from mmshim import Page
 from mmshim.mmap import (

@@ -14,7 +14,8 @@ import os
 from typing import TYPE_CHECKING, Final
 
 from fusefs.atomicfile import atomic_output
-from fusefs.budget import OWNER_KINDS, BudgetReport
+from fusefs.budget.result import BudgetReport
+from fusefs.budget.samples import OWNER_KINDS
 from fusefs.errors import FsError, InvalidArgumentError, UnsupportedFeatureError
 
 if TYPE_CHECKING:

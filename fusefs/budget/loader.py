@@ -1,22 +1,22 @@
 """A program-loader simulation: map every ELF program of an image as binfmt_elf would.
 
-Format-neutral: any :class:`~fusefs.vfs.Filesystem` with a ``mappable(ino)``
-method returning an :class:`mmshim.mmap.MmapFile` (cramfs has one) can be
-measured.  For each ELF executable or shared object, every ``PT_LOAD``
-segment is mapped ``MAP_PRIVATE`` with its protection; read-only segments
-are populated (the program runs through its text), writable ones get every
-page written once (relocations, ``.data`` updates), which copies on write.
-The report gives the arena frames each file holds while mapped: XIP text
-mapped from flash costs none.  Each "process" is unmapped before the next.
+Format-neutral: any :class:`~fusefs.vfs.Filesystem` whose capabilities say
+``mmap`` (its ``mappable(ino)`` returns an :class:`mmshim.mmap.MmapFile`
+over its arena; cramfs has it) can be measured.  For each ELF executable
+or shared object, every ``PT_LOAD`` segment is mapped ``MAP_PRIVATE`` with
+its protection; read-only segments are populated (the program runs through
+its text), writable ones get every page written once (relocations,
+``.data`` updates), which copies on write.  The report gives the arena
+frames each file holds while mapped: XIP text mapped from flash costs none.
+Each "process" is unmapped before the next.
 """
 
 from __future__ import annotations
 
 import stat
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from fusefs.cramfs.elf import PF_R, PF_W, PF_X, headers_end, is_elf_program, load_segments
+from fusefs.elf import PF_R, PF_W, PF_X, headers_end, is_elf_program, load_segments
 from fusefs.errors import FsError, UnsupportedFeatureError
 from fusefs.vfs import Filesystem, Ino, walk
 from mmshim import PAGE_SIZE
@@ -29,10 +29,6 @@ from mmshim.mmap import (
     MmapError,
     MmapFile,
 )
-
-
-class Mappable(Protocol):
-    def mappable(self, ino: Ino) -> MmapFile: ...
 
 
 @dataclass(slots=True)
@@ -86,10 +82,9 @@ def _prot_str(prot: int) -> str:
 
 def map_executables(fs: Filesystem) -> list[ExecReport]:
     """Map every ELF program of ``fs`` in turn and report the arena frames each holds."""
-    mappable = getattr(fs, "mappable", None)
-    if mappable is None:
+    if not fs.capabilities.mmap:
         raise UnsupportedFeatureError(
-            f"{fs.format_name}: no mmap support (mappable) to load programs"
+            f"{fs.format_name}: files cannot be mmapped, so no program can be loaded"
         )
     reports = []
     for item in walk(fs):
@@ -98,15 +93,13 @@ def map_executables(fs: Filesystem) -> list[ExecReport]:
         head = fs.read(item.ino, 0, PAGE_SIZE)
         if not is_elf_program(head):
             continue
-        reports.append(_load(fs, mappable(item.ino), item.path, item.attr.size, item.ino))
+        reports.append(_load(fs, fs.mappable(item.ino), item.path, item.attr.size, item.ino))
     return reports
 
 
 def _load(fs: Filesystem, file: MmapFile, path: bytes, size: int, ino: Ino) -> ExecReport:
     report = ExecReport(path.decode(errors="backslashreplace"), size)
-    arena = getattr(file, "arena", None)
-    if arena is None:
-        raise UnsupportedFeatureError(f"{fs.format_name}: mappable file has no arena")
+    arena = fs.arena  # a mappable file maps through its image's arena
     # a loader reads the headers (normally all in the first page), not the file
     data = fs.read(ino, 0, min(size, PAGE_SIZE))
     if headers_end(data) > len(data):

@@ -1,0 +1,168 @@
+"""One replay: a fresh open of the image -- a fresh arena -- for one
+combination of arena mode and decompression strategy, the workload run until
+it ends or the first allocation fails, and the counters read from the arena
+(:class:`mmshim.ArenaStats`) and the read path (:class:`fusefs.memory.ReadCounters`).
+
+* Files are read in :data:`READ_CHUNK` pieces, as FUSE's ``max_read`` does.
+* A format without a choice of strategy (``Capabilities.strategies`` empty:
+  cramfs decodes each block into its page-cache frame) gets one combination
+  per arena mode, ``decompress`` None.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from fusefs.budget.loader import map_executables
+from fusefs.budget.result import BudgetResult, Combination, XipRead
+from fusefs.budget.samples import Recorder
+from fusefs.budget.units import kib
+from fusefs.budget.workload import WorkFile, Workload, located
+from fusefs.errors import FsError
+from fusefs.vfs import (
+    MM_MODES,
+    PAGE_SIZE,
+    Capabilities,
+    Filesystem,
+    Ino,
+    MmMode,
+    Strategy,
+    open_image,
+)
+from mmshim import Arena
+
+READ_CHUNK: Final = 128 << 10
+
+
+def default_combinations(
+    caps: Capabilities,
+    mms: Sequence[MmMode] = MM_MODES,
+    strategies: Sequence[Strategy] | None = None,
+    xip_read: XipRead = "pagecache",
+) -> list[Combination]:
+    """Every arena mode x strategy asked for (default: all the format has)."""
+    if not caps.strategies:
+        return [Combination(mm, None, xip_read) for mm in mms]
+    return [Combination(mm, s, xip_read) for mm in mms for s in (strategies or caps.strategies)]
+
+
+def _read_files(fs: Filesystem, files: Sequence[WorkFile], result: BudgetResult) -> None:
+    for wf in files:
+        try:
+            off = 0
+            while off < wf.size:
+                data = fs.read(wf.ino, off, min(READ_CHUNK, wf.size - off))
+                if not data:
+                    raise FsError(f"short read at {off} of {wf.size} bytes")
+                off += len(data)
+                result.bytes_read += len(data)
+        except MemoryError as e:  # OutOfMemoryError, or an mmshim allocation error
+            result.failure = f"{wf.path}: {e}{_extent_hint(fs, wf.ino, off)}"
+            return
+        except FsError as e:
+            raise located(wf.path, e) from e
+        result.files_done += 1
+
+
+def _extent_hint(fs: Filesystem, ino: Ino, off: int) -> str:
+    """When the read that ran out of memory decodes a compressed extent of
+    more than a page (an EROFS extent is decoded whole), name the option that
+    bounds extents; empty otherwise (and for formats without extents)."""
+    try:
+        extents = fs.describe_inode(ino).get("extents", [])
+    except FsError:
+        return ""
+    for e in extents:
+        if e["la"] <= off < e["la"] + e["llen"] and e.get("kind") == "encoded":
+            if e["llen"] <= PAGE_SIZE:
+                return ""
+            return (
+                f" (its extent at {e['la']} decodes {kib(e['llen'])} at once; images built with"
+                " `nommufs mkimage erofs --max-extent-bytes=N` decode at most N)"
+            )
+    return ""
+
+
+def _map_programs(fs: Filesystem, result: BudgetResult) -> None:
+    try:
+        reports = map_executables(fs)
+    except MemoryError as e:
+        result.failure = str(e)
+        return
+    result.exec_frames = result.exec_text_frames = 0
+    for rep in reports:
+        if rep.error is not None:
+            result.failure = f"/{rep.path.lstrip('/')}: {rep.error}"
+            return
+        result.files_done += 1
+        result.bytes_read += rep.size
+        result.exec_frames += rep.frames
+        result.exec_text_frames += rep.text_frames
+
+
+def replay(
+    image: str | os.PathLike[str],
+    workload: Workload,
+    combo: Combination,
+    arena_bytes: int,
+    *,
+    offset: int = 0,
+    record: bool = False,
+) -> BudgetResult:
+    """Open ``image`` afresh with ``combo`` in an arena of ``arena_bytes`` and
+    replay ``workload`` until it ends or the first allocation fails."""
+    result = BudgetResult(combo.mm, combo.decompress, arena_bytes)
+    try:
+        fs = open_image(image, combo.memory(arena_bytes), offset=offset)
+    except MemoryError as e:  # a mount-time reservation did not fit
+        result.failure = f"mount: {e}"
+        return result
+    try:
+        arena = fs.arena
+        recorder = Recorder(progress=lambda: result.bytes_read) if record else None
+        if recorder is not None:
+            recorder.record(arena)
+            arena.add_observer(recorder)
+        try:
+            if workload.kind == "exec":
+                _map_programs(fs, result)
+            else:
+                _read_files(fs, workload.files, result)
+        finally:
+            if recorder is not None:
+                arena.remove_observer(recorder)
+                recorder.record(arena)
+                result.samples = recorder.samples
+        _collect(fs, arena, result)
+    finally:
+        fs.close()
+    return result
+
+
+def _collect(fs: Filesystem, arena: Arena, result: BudgetResult) -> None:
+    st = arena.stats
+    counters = fs.mem.counters
+    result.peak_frames = st.frames_peak
+    result.bounce_bytes = st.bounce_bytes
+    result.bounce_vmaps = st.bounce_vmaps
+    result.vmap_calls = st.vmap_calls
+    result.vmap_failures = st.vmap_failures
+    result.lost_writes = st.lost_writes
+    result.evictions = st.evictions
+    result.alloc_failures = st.alloc_failures
+    result.largest_alloc_order = st.largest_alloc_order
+    result.bytes_decompressed = counters.bytes_decompressed
+    result.copy_bytes = counters.copy_bytes
+
+
+def prober(
+    image: str | os.PathLike[str], workload: Workload, combo: Combination, offset: int = 0
+) -> Callable[[int], bool]:
+    """``probe(arena_bytes)``: does ``workload`` run whole in that arena?"""
+
+    def probe(arena_bytes: int) -> bool:
+        return replay(image, workload, combo, arena_bytes, offset=offset).ok
+
+    return probe
