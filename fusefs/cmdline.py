@@ -39,6 +39,7 @@ from typing import Final, NoReturn, Protocol
 
 from fusefs import __version__
 from fusefs.errors import FsError, Interrupted, InvalidArgumentError, interruption
+from fusefs.names import one_line
 
 EXIT_USAGE: Final = 2
 EXIT_SIGPIPE: Final = 128 + signal.SIGPIPE
@@ -156,6 +157,16 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Name
     return parser.parse_args(list(argv))
 
 
+class OneLineFormatter(logging.Formatter):
+    """Log records whose message is one line of printable text
+    (:func:`~fusefs.names.one_line`): a name from an image cannot split it
+    or drive the terminal.  A traceback after it stays as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     # a second signal must not interrupt the cleanups the first one started
     for s in SIGNALS:
@@ -194,24 +205,26 @@ def run_main(parser: Parser, argv: Sequence[str] | None, *, dest: str) -> int:
         args = parse(parser, sys.argv[1:] if argv is None else argv)
         chosen = vars(args)[dest]
         label = f"{parser.prog} {chosen}" if chosen else label
-        logging.basicConfig(level=log_level(args), format=LOG_FORMAT)
+        handler = logging.StreamHandler()
+        handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+        logging.basicConfig(level=log_level(args), handlers=[handler])
         with _signals_interrupt():
             return run_chosen(args, dest)
     except UsageError as e:
-        print(f"{e.prog}: error: {e} (see {e.prog} -h)", file=sys.stderr)
+        print(one_line(f"{e.prog}: error: {e} (see {e.prog} -h)"), file=sys.stderr)
         return EXIT_USAGE
     except (Interrupted, FsError, OSError) as e:
         interrupted = interruption(e)
         if interrupted is not None:  # whatever the interrupted cleanup raised after it
             removed = f"; removed {', '.join(interrupted.removed)}" if interrupted.removed else ""
-            print(f"{label}: interrupted by {interrupted.name}{removed}", file=sys.stderr)
+            print(one_line(f"{label}: interrupted by {interrupted.name}{removed}"), file=sys.stderr)
             return 128 + interrupted.signum
         if isinstance(e, BrokenPipeError):
             _quiet_stdout()
             return EXIT_SIGPIPE
         if isinstance(e, FsError):
-            print(f"{label}: {e}", file=sys.stderr)
+            print(one_line(f"{label}: {e}"), file=sys.stderr)
         elif isinstance(e, OSError):
             where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
-            print(f"{label}: {where}{e.strerror or e}", file=sys.stderr)
+            print(one_line(f"{label}: {where}{e.strerror or e}"), file=sys.stderr)
         return 1

@@ -39,6 +39,8 @@ from fusefs.errors import (
     UnsupportedFeatureError,
     interruption,
 )
+from fusefs.names import escape
+from fusefs.names import show_path as show_path  # callers found it here first
 
 if TYPE_CHECKING:
     from fusefs.memory import ReadMemory
@@ -465,7 +467,7 @@ def resolve(fs: Filesystem, path: str | bytes, *, follow_last: bool = False) -> 
     while i < len(parts):
         part = parts[i]
         if not fs.getattr(ino).is_dir:
-            raise NotADirectoryFsError(f"{raw.decode(errors='replace')}: not a directory")
+            raise NotADirectoryFsError(f"{escape(raw)}: not a directory")
         if part == b"..":
             ino = stack.pop() if stack else fs.root
             i += 1
@@ -478,7 +480,7 @@ def resolve(fs: Filesystem, path: str | bytes, *, follow_last: bool = False) -> 
             if seen > 40:
                 from fusefs.errors import FsError
 
-                raise FsError(f"{raw.decode(errors='replace')}: too many levels of symbolic links")
+                raise FsError(f"{escape(raw)}: too many levels of symbolic links")
             target = fs.readlink(child)
             rest = [p for p in target.split(b"/") if p not in (b"", b".")]
             if target.startswith(b"/"):
@@ -593,7 +595,3 @@ def walk(
         # depth first, entries in order: push in reverse
         stack.extend(reversed(children))
 
-
-def show_path(path: bytes) -> str:
-    """A path from an image for a message: ``/``-rooted, undecodable bytes escaped."""
-    return "/" + path.decode(errors="backslashreplace")

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from fusefs.atomicfile import atomic_directory
 from fusefs.commands._common import add_image_arguments, open_from_args
 from fusefs.errors import FsError, InvalidArgumentError
-from fusefs.vfs import Attr, Filesystem, Ino, WalkItem, show_path, walk
+from fusefs.names import escape, one_line, show_path
+from fusefs.vfs import Attr, Filesystem, Ino, WalkItem, walk
 
 NAME = "extract"
 HELP = "extract an image's files into a new directory"
@@ -102,7 +103,7 @@ class _Extractor:
                 if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                     raise
                 self.report.warnings.append(
-                    f"{show_path(path)}: xattr {key.decode(errors='replace')} not set: {e.strerror}"
+                    f"{show_path(path)}: xattr {escape(key)} not set: {e.strerror}"
                 )
 
     def _meta_fd(self, fd: int, item_path: bytes, attr: Attr, ino: Ino) -> None:
@@ -251,5 +252,5 @@ def run(args: argparse.Namespace) -> int:
     with open_from_args(args) as fs:
         report = extract(fs, args.dest)
     for line in report.warnings:
-        print(f"nommufs extract: warning: {line}", file=sys.stderr)
+        print(one_line(f"nommufs extract: warning: {line}"), file=sys.stderr)
     return 0

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from fusefs.commands._common import add_image_arguments, open_from_args
 from fusefs.errors import FsError
-from fusefs.vfs import Filesystem, WalkItem, show_path, walk
+from fusefs.names import escape, one_line, show_path
+from fusefs.vfs import Filesystem, WalkItem, walk
 
 NAME = "fsck"
 HELP = "check an image: read every inode, all data, links and xattrs"
@@ -83,7 +84,7 @@ def _check_item(fs: Filesystem, item: WalkItem, report: FsckReport) -> None:
         try:
             fs.getxattr(item.ino, name)
         except FsError as e:
-            report.problems.append(f"{where}: xattr {name.decode(errors='replace')}: {e}")
+            report.problems.append(f"{where}: xattr {escape(name)}: {e}")
 
 
 def check(fs: Filesystem) -> FsckReport:
@@ -125,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
     with open_from_args(args) as fs:
         report = check(fs)
     for line in report.problems:
-        print(line, file=sys.stderr)
+        print(one_line(line), file=sys.stderr)
     verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
-    print(
+    print(one_line(
         f"{args.image}: {verdict}; {report.inodes} inodes, {report.directories} directories,"
         f" {report.files} files, {report.bytes_read} bytes of data read"
-    )
+    ))
     return 0 if report.clean else 1

@@ -1,7 +1,8 @@
 """``nommufs inspect``: superblock, features and counts, one inode's layout, or
 (``-S``) a summary of the files like ``dump.erofs -S``.
 
-JSON (``--json``) gives numbers as numbers: ``mode``, checksums, flags.  The
+JSON (``--json``) gives numbers as numbers: ``mode``, checksums, flags; names
+exactly (:func:`fusefs.names.json_name`).  Text escapes them (:mod:`fusefs.names`).  The
 text output shows the keys of :data:`SHOWN_AS` as a reader expects them
 (mode in octal, checksums and flags in hex).
 """
@@ -16,6 +17,7 @@ from collections import Counter
 from typing import Any, Final
 
 from fusefs.commands._common import add_image_arguments, open_from_args
+from fusefs.names import one_line
 from fusefs.vfs import Filesystem, resolve, walk
 
 NAME = "inspect"
@@ -90,23 +92,28 @@ def _shown(key: str, value: Any) -> Any:
     return format(value, spec) if spec and isinstance(value, int) else value
 
 
+def _say(line: str) -> None:
+    """One line of the text output; names from the image in it are escaped."""
+    print(one_line(line))
+
+
 def _print_text(data: Any, indent: str = "") -> None:
     if isinstance(data, dict):
         for key, value in data.items():
             if isinstance(value, dict | list) and value:
-                print(f"{indent}{key}:")
+                _say(f"{indent}{key}:")
                 _print_text(value, indent + "  ")
             else:
-                print(f"{indent}{key}: {_shown(key, value)}")
+                _say(f"{indent}{key}: {_shown(key, value)}")
     elif isinstance(data, list):
         for value in data:
             if isinstance(value, dict | list):
-                print(f"{indent}-")
+                _say(f"{indent}-")
                 _print_text(value, indent + "  ")
             else:
-                print(f"{indent}- {value}")
+                _say(f"{indent}- {value}")
     else:
-        print(f"{indent}{data}")
+        _say(f"{indent}{data}")
 
 
 def _print_summary(s: dict[str, Any]) -> None:

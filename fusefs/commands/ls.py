@@ -1,4 +1,7 @@
-"""``nommufs ls``: list a directory of an image, like ls(1)."""
+"""``nommufs ls``: list a directory of an image, like ls(1).
+
+Names (and symlink targets) are shown escaped, as :mod:`fusefs.names` says:
+one line per entry, whatever bytes the image holds."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import time
 from typing import BinaryIO
 
 from fusefs.commands._common import add_image_arguments, open_from_args
+from fusefs.names import escape
 from fusefs.vfs import Attr, Filesystem, Ino, resolve, walk
 
 NAME = "ls"
@@ -28,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _shown(name: bytes) -> bytes:
+    return escape(name).encode()
+
+
 def long_line(fs: Filesystem, ino: Ino, attr: Attr, name: bytes) -> bytes:
     """One ``ls -l`` line for ``name``."""
     if stat.S_ISCHR(attr.mode) or stat.S_ISBLK(attr.mode):
@@ -39,9 +47,9 @@ def long_line(fs: Filesystem, ino: Ino, attr: Attr, name: bytes) -> bytes:
         f"{stat.filemode(attr.mode)} {attr.nlink:>3} {attr.uid:>5} {attr.gid:>5}"
         f" {size:>10} {when} "
     )
-    line = head.encode() + name
+    line = head.encode() + _shown(name)
     if attr.is_lnk:
-        line += b" -> " + fs.readlink(ino)
+        line += b" -> " + _shown(fs.readlink(ino))
     return line
 
 
@@ -52,7 +60,7 @@ def _list_dir(fs: Filesystem, ino: Ino, args: argparse.Namespace, out: BinaryIO)
         if args.long:
             out.write(long_line(fs, ent.ino, fs.getattr(ent.ino), ent.name) + b"\n")
         else:
-            out.write(ent.name + b"\n")
+            out.write(_shown(ent.name) + b"\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
         ino = resolve(fs, args.path)
         attr = fs.getattr(ino)
         if not attr.is_dir:
-            name = args.path.encode().rstrip(b"/").rsplit(b"/", 1)[-1]
-            out.write((long_line(fs, ino, attr, name) if args.long else name) + b"\n")
+            name = os.fsencode(args.path).rstrip(b"/").rsplit(b"/", 1)[-1]
+            out.write((long_line(fs, ino, attr, name) if args.long else _shown(name)) + b"\n")
             return 0
         if not args.recursive:
             _list_dir(fs, ino, args, out)
             return 0
-        top = args.path.encode().rstrip(b"/") or b""
+        top = os.fsencode(args.path).rstrip(b"/") or b""
         first = True
         for item in walk(fs, ino):
             if not item.attr.is_dir:
@@ -76,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
                 out.write(b"\n")
             first = False
             shown = (top + b"/" + item.path if item.path else top) or b"/"
-            out.write(shown + b":\n")
+            out.write(_shown(shown) + b":\n")
             _list_dir(fs, item.ino, args, out)
     return 0

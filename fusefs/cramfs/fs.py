@@ -54,6 +54,7 @@ from fusefs.errors import (
     NotFoundError,
 )
 from fusefs.memory import ReadMemory
+from fusefs.names import escape, json_name
 from fusefs.vfs import (
     Attr,
     Capabilities,
@@ -183,7 +184,7 @@ class CramfsFilesystem(Filesystem):
             raise NotADirectoryFsError(f"cramfs inode {parent}: not a directory")
         child = node.children.get(name)
         if child is None:
-            raise NotFoundError(f"{name.decode(errors='replace')}: not found")
+            raise NotFoundError(f"{escape(name)}: not found")
         return Ino(child)
 
     def readdir(self, ino: Ino, offset: int = 0) -> Iterator[DirEntry]:
@@ -348,7 +349,7 @@ class CramfsFilesystem(Filesystem):
             "edition": sb.edition,
             "blocks": sb.blocks,
             "files": sb.files,
-            "name": sb.name.rstrip(b"\0").decode("latin-1"),
+            "name": json_name(sb.name.rstrip(b"\0")),
             "root_offset": sb.root.offset << 2,
             "inodes": len(self._nodes),
             "xip_files": sum(1 for ino in self._regular() if self._xip_count(Ino(ino))),

@@ -60,6 +60,7 @@ from fusefs.errors import (
     NotFoundError,
 )
 from fusefs.memory import ReadMemory, SequentialReads, filemap_read
+from fusefs.names import escape, json_name
 from fusefs.vfs import (
     STRATEGIES,
     Attr,
@@ -379,7 +380,7 @@ class ErofsFilesystem(Filesystem):
             lambda b: self._dir_block(d, b), dir_nblocks(d.size, self.sbi.block_size), name
         )
         if rec is None:
-            raise NotFoundError(f"{name.decode(errors='replace')}: no such entry")
+            raise NotFoundError(f"{escape(name)}: no such entry")
         return self.ino_of(rec.nid)
 
     def readdir(self, ino: Ino, offset: int = 0) -> Iterator[DirEntry]:
@@ -445,7 +446,7 @@ class ErofsFilesystem(Filesystem):
         for n, value in self._xattrs(ino):
             if n == name:
                 return value
-        raise NoAttributeError(f"{name.decode(errors='replace')}: no such attribute")
+        raise NoAttributeError(f"{escape(name)}: no such attribute")
 
     @_clean_errors
     def statfs(self) -> FsStat:
@@ -474,7 +475,7 @@ class ErofsFilesystem(Filesystem):
             "fixed_nsec": sb.fixed_nsec,
             "build_time": sb.build_time,
             "uuid": sb.uuid.hex(),
-            "volume_name": sb.volume_name.rstrip(b"\0").decode(errors="replace"),
+            "volume_name": json_name(sb.volume_name.rstrip(b"\0")),
             "feature_compat": f.feature_names(sb.feature_compat, f.COMPAT_NAMES),
             "feature_incompat": f.feature_names(sb.feature_incompat, f.INCOMPAT_NAMES),
             "checksum": sb.checksum,
