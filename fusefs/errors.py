@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno as _errno
 import signal as _signal
+from dataclasses import dataclass
+from typing import Literal
 
 
 class FsError(Exception):
@@ -76,10 +78,61 @@ class NoAttributeError(FsError):
     errno = _errno.ENODATA
 
 
+# Why an allocation failed: fewer free frames than asked ("no-memory"),
+# enough free frames but no free block that large ("fragmented"), or a vmap
+# of scattered frames without an MMU ("not-contiguous", nommu-contig).
+Shortage = Literal["no-memory", "fragmented", "not-contiguous"]
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """An allocation the arena could not satisfy, and what the arena had then.
+
+    ``blocks`` blocks of ``2**order`` frames each were asked for (a bulk or
+    page-cache allocation: many order-0 blocks; a folio or buffer: one).
+    ``contiguous``: the frames had to be one physically contiguous run.
+    """
+
+    what: str  # "page cache pages 0..1019", "bounce buffer for decompressed output"
+    order: int
+    blocks: int
+    contiguous: bool
+    shortage: Shortage
+    frames_free: int
+    largest_free_order: int  # -1: no frame free
+    arena_frames: int
+    mm: str  # the arena's mode
+
+    @property
+    def frames(self) -> int:
+        return self.blocks << self.order
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """The compressed extent a failed read was decoding (logical bytes
+    ``[la, la + llen)`` of the file, ``plen`` bytes in the image)."""
+
+    la: int
+    llen: int
+    plen: int
+    algorithm: str
+
+
 class OutOfMemoryError(FsError, MemoryError):
-    """The simulated machine's arena could not satisfy an allocation (ENOMEM)."""
+    """The simulated machine's arena could not satisfy an allocation (ENOMEM).
+
+    ``allocation`` says what was asked and what the arena had, where the
+    read path knows it; ``extents`` the compressed extents the read was
+    decoding (set by the format's decoder as the error passes it).
+    """
 
     errno = _errno.ENOMEM
+
+    def __init__(self, message: str, *, allocation: Allocation | None = None) -> None:
+        super().__init__(message)
+        self.allocation = allocation
+        self.extents: tuple[Extent, ...] = ()
 
 
 class InvalidArgumentError(FsError, ValueError):
