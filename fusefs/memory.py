@@ -19,9 +19,9 @@ import collections
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
 
-from fusefs.errors import FsError, OutOfMemoryError
+from fusefs.errors import Allocation, FsError, OutOfMemoryError, Shortage
 from fusefs.vfs import MemoryConfig
-from mmshim import PAGE_SIZE, Arena, MmshimError, Owner, Page, PageCache
+from mmshim import PAGE_SIZE, Arena, MmshimError, Owner, Page, PageCache, VmapError
 
 PS = PAGE_SIZE
 # pages looked up at once by filemap_read while every page hits (doubling from 1)
@@ -61,9 +61,31 @@ class ReadMemory:
 
     # -- allocations, with the arena's ENOMEM said as the reader's -------------------
 
-    def _oom(self, who: str, what: str, order: int, err: MemoryError) -> OutOfMemoryError:
+    def allocation(self, what: str, order: int, blocks: int, err: MemoryError) -> Allocation:
+        """What failed, as data: ``blocks`` blocks of ``order`` asked for ``what``,
+        and the arena's free frames and largest free block at the failure."""
+        st = self.arena.stats
+        if isinstance(err, VmapError) and err.reason == "no-bounce-buffer":
+            what, order, blocks = f"bounce buffer for {what}", err.order, 1
+        contiguous = order > 0
+        if isinstance(err, VmapError) and err.reason == "not-contiguous":
+            shortage: Shortage = "not-contiguous"
+            contiguous = True
+        elif st.frames_free >= blocks << order and contiguous:
+            shortage = "fragmented"
+        else:
+            shortage = "no-memory"
+        return Allocation(what, order, blocks, contiguous, shortage, st.frames_free,
+                          st.largest_free_order, self.arena.nr_pages, self.arena.mode)  # fmt: skip
+
+    def _oom(
+        self, who: str, what: str, order: int, err: MemoryError, blocks: int = 1
+    ) -> OutOfMemoryError:
+        detail = self.allocation(what, order, blocks, err)
         who = f"{who}: " if who else ""
-        return OutOfMemoryError(f"{self.fmt}: {who}cannot allocate {what} (order {order}): {err}")
+        return OutOfMemoryError(
+            f"{self.fmt}: {who}cannot allocate {what} (order {order}): {err}", allocation=detail
+        )
 
     def alloc(self, order: int, owner: Owner, who: str, what: str) -> Page:
         """``alloc_pages(order)``; ENOMEM names ``who`` (``nid 36``) and ``what``."""
@@ -77,7 +99,7 @@ class ReadMemory:
         try:
             return self.arena.alloc_pages_bulk(nr, owner)
         except MemoryError as e:
-            raise self._oom(who, what, 0, e) from None
+            raise self._oom(who, what, 0, e, nr) from None
 
     def grab(self, mapping_id: Hashable, index: int, who: str) -> tuple[Page, bool]:
         """The page-cache page at ``index`` with a reference, and whether this
@@ -96,7 +118,7 @@ class ReadMemory:
             return self.cache.get_or_create_range(mapping_id, start, nr)
         except MemoryError as e:
             raise self._oom(
-                who, f"page cache pages {start}..{start + nr - 1}", 0, e
+                who, f"page cache pages {start}..{start + nr - 1}", 0, e, nr
             ) from None
 
     # -- what it cost ----------------------------------------------------------------

@@ -135,7 +135,8 @@ def _vm_map_ram(
     except MemoryError as e:
         raise OutOfMemoryError(
             f"erofs: nid {nid}: cannot vmap {len(pages)} pages of {what} "
-            f"(order 0, {arena.mode}): {e}"
+            f"(order 0, {arena.mode}): {e}",
+            allocation=mem.allocation(f"vmap of {what}", 0, len(pages), e),
         ) from None
     undo.append((arena.vm_unmap_ram, m))
     return m.view
