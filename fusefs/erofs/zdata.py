@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import Final
 
 from fusefs.erofs import format as f
-from fusefs.erofs.data import FRAGMENT, META, PARTIAL_REF, Map
+from fusefs.erofs.data import ENCODED, FRAGMENT, META, PARTIAL_REF, Map
 from fusefs.erofs.decompress import decompress
 from fusefs.erofs.inode import ErofsInode
 from fusefs.erofs.super import ErofsSuper
 from fusefs.erofs.zmap import ZMap
 from fusefs.erofs.zutil import DecodeStrategy, Undo, make_strategy
-from fusefs.errors import CorruptImageError
+from fusefs.errors import CorruptImageError, Extent, OutOfMemoryError
 from fusefs.memory import ReadMemory
 from fusefs.vfs import ImageBytes, Strategy
 from mmshim import PAGE_SIZE, Page
@@ -48,6 +48,11 @@ def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
             break
         cur = max(cur, b)
     return cur >= end
+
+
+def _alg_name(m: Map) -> str:
+    """``lz4`` ... for an encoded extent, else its kind (``fragment``, ``plain``)."""
+    return f.ALGORITHM_NAMES.get(m.algorithm, m.kind) if m.flags & ENCODED else m.kind
 
 
 def _clip_fragment(m: Map, lo: int) -> Map:
@@ -118,6 +123,9 @@ class ZData:
         }
         try:
             page, upto = self.strategy.run(self, inode, maps, p, limit)
+        except OutOfMemoryError as e:  # say which extents the failed decode was for
+            e.extents = tuple(Extent(m.la, m.llen, m.plen, _alg_name(m)) for m in maps)
+            raise
         finally:
             self._fragments = {}
         if not page.is_uptodate:
