@@ -18,7 +18,6 @@ import hashlib
 import mmap
 import os
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from heapq import heappop
 from typing import Final, Literal, get_args
@@ -98,6 +97,24 @@ def _digest(frame: memoryview) -> bytes:
     return hashlib.blake2b(frame, digest_size=16).digest()
 
 
+class _MemFd:
+    """The arena's memfd: closed by :meth:`Arena.close`, or when the arena is
+    collected without one."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class Arena:
     """``size`` bytes of page frames with the kernel's allocator and vmap semantics.
 
@@ -135,7 +152,7 @@ class Arena:
         self._page_lock_waiters = 0  # threads in wait(): unlock_page wakes only if any
 
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
-        self._close_fd = weakref.finalize(self, os.close, fd)
+        self._memfd = _MemFd(fd)
         self._fd = fd
         os.ftruncate(fd, size)
         self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -832,7 +849,9 @@ class Arena:
             start = page.pfn * PAGE_SIZE
             return self._buf[start : start + PAGE_SIZE]
 
-    kmap_local = page_view
+    def kmap_local(self, page: Page) -> memoryview:
+        """``kmap_local_page``: the same view as :meth:`page_view` (no highmem here)."""
+        return self.page_view(page)
 
     def contig_view(self, pages: Sequence[Page]) -> memoryview:
         """A writable view of physically contiguous pages (the first page's address, long).
@@ -1168,7 +1187,7 @@ class Arena:
             # If page views still exist, the mapping goes away with the last one.
             with contextlib.suppress(BufferError):
                 self._mm.close()
-            self._close_fd()
+            self._memfd.close()
             if leaks:
                 raise MappingLeakError(f"Arena.close() of {self!r}", leaks)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final, NewType
 
 if TYPE_CHECKING:
@@ -70,17 +69,17 @@ class OwnerKind(enum.Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True, slots=True)
 class Owner:
     """Who holds a folio: a kind, and for the page cache the (mapping, index).
 
     Use the constants (``Owner.DECOMPRESS``, ``Owner.PERCPU`` ...) or
-    ``Owner.page_cache(mapping_id, index)``.
+    ``Owner.page_cache(mapping_id, index)``.  Immutable (the fields are
+    ``Final``); equal and hashed by value.  Written out rather than a frozen
+    dataclass: one is built per page-cache page, and a frozen dataclass's
+    ``__init__`` pays an ``object.__setattr__`` per field.
     """
 
-    kind: OwnerKind
-    mapping_id: Hashable | None = None
-    index: int | None = None
+    __slots__ = ("index", "kind", "mapping_id")
 
     FREE: ClassVar[Owner]
     PAGE_CACHE: ClassVar[Owner]
@@ -90,29 +89,35 @@ class Owner:
     PERCPU: ClassVar[Owner]
     OTHER: ClassVar[Owner]
 
-    @classmethod
-    def page_cache(cls, mapping_id: Hashable, index: int) -> Owner:
+    def __init__(
+        self, kind: OwnerKind, mapping_id: Hashable | None = None, index: int | None = None
+    ) -> None:
+        self.kind: Final = kind
+        self.mapping_id: Final = mapping_id
+        self.index: Final = index
+
+    @staticmethod
+    def page_cache(mapping_id: Hashable, index: int) -> Owner:
         """The page cache, at ``index`` of the file ``mapping_id``."""
-        if cls is not Owner:
-            return cls(OwnerKind.PAGE_CACHE, mapping_id, index)
-        # One per page-cache page, so built without the frozen __init__'s
-        # object.__setattr__ calls: the slots' own setters, half the cost.
-        owner = _new_owner(Owner)
-        _set_kind(owner, OwnerKind.PAGE_CACHE)
-        _set_mapping_id(owner, mapping_id)
-        _set_index(owner, index)
-        return owner
+        return Owner(OwnerKind.PAGE_CACHE, mapping_id, index)
+
+    def _key(self) -> tuple[OwnerKind, Hashable | None, int | None]:
+        return (self.kind, self.mapping_id, self.index)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Owner) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Owner(kind={self.kind!r}, mapping_id={self.mapping_id!r}, index={self.index!r})"
 
     def __str__(self) -> str:
         if self.kind is OwnerKind.PAGE_CACHE and self.mapping_id is not None:
             return f"page_cache({self.mapping_id!r}, {self.index})"
         return self.kind.value
 
-
-_new_owner: Final = object.__new__
-_set_kind: Final = Owner.__dict__["kind"].__set__
-_set_mapping_id: Final = Owner.__dict__["mapping_id"].__set__
-_set_index: Final = Owner.__dict__["index"].__set__
 
 Owner.FREE = Owner(OwnerKind.FREE)
 Owner.PAGE_CACHE = Owner(OwnerKind.PAGE_CACHE)
