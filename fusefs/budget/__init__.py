@@ -13,8 +13,9 @@ and :mod:`.plot` draws it.
 
 from __future__ import annotations
 
+from fusefs.budget.explain import Explanation, Knob
 from fusefs.budget.minimum import find_fits_from, find_min_arena
-from fusefs.budget.replay import READ_CHUNK, default_combinations, prober, replay
+from fusefs.budget.replay import READ_CHUNK, Prober, default_combinations, replay
 from fusefs.budget.report import budget, footnotes, iter_rows
 from fusefs.budget.result import BudgetReport, BudgetResult, Combination, XipRead
 from fusefs.budget.samples import MAX_SAMPLES, OWNER_KINDS, Recorder, Sample
@@ -36,6 +37,9 @@ __all__ = [
     "BudgetReport",
     "BudgetResult",
     "Combination",
+    "Explanation",
+    "Knob",
+    "Prober",
     "Recorder",
     "Sample",
     "WorkFile",
@@ -53,6 +57,5 @@ __all__ = [
     "listed_files",
     "load_workload",
     "parse_workload",
-    "prober",
     "replay",
 ]

@@ -17,9 +17,9 @@ import stat
 from dataclasses import dataclass, field
 
 from fusefs.elf import PF_R, PF_W, PF_X, headers_end, is_elf_program, load_segments
-from fusefs.errors import FsError, UnsupportedFeatureError
+from fusefs.errors import Allocation, FsError, OutOfMemoryError, UnsupportedFeatureError
 from fusefs.vfs import Filesystem, Ino, walk
-from mmshim import PAGE_SIZE
+from mmshim import PAGE_SIZE, AllocError
 from mmshim.mmap import (
     MAP_PRIVATE,
     PROT_EXEC,
@@ -49,6 +49,10 @@ class ExecReport:
     size: int
     segments: list[SegmentReport] = field(default_factory=list)
     error: str | None = None  # e.g. ENOMEM for a nommu copy in a fragmented arena
+    # where it failed: the segment (file offset, bytes, protection) and, for an
+    # ENOMEM, the allocation that failed (as the arena saw it)
+    failed_segment: tuple[int, int, str] | None = None
+    allocation: Allocation | None = None
 
     @property
     def frames(self) -> int:
@@ -80,6 +84,17 @@ def _prot_str(prot: int) -> str:
     )
 
 
+def _allocation(fs: Filesystem, e: Exception, what: str) -> Allocation | None:
+    """The failed allocation behind ``e``: the read path's own, or the arena's
+    AllocError behind an mmap ENOMEM (a private copy, a copy on write)."""
+    if isinstance(e, OutOfMemoryError):
+        return e.allocation
+    cause = e.__cause__
+    if isinstance(cause, AllocError):
+        return fs.mem.allocation(what, cause.order, 1, cause)
+    return None
+
+
 def map_executables(fs: Filesystem) -> list[ExecReport]:
     """Map every ELF program of ``fs`` in turn and report the arena frames each holds."""
     if not fs.capabilities.mmap:
@@ -105,6 +120,7 @@ def _load(fs: Filesystem, file: MmapFile, path: bytes, size: int, ino: Ino) -> E
     if headers_end(data) > len(data):
         data = fs.read(ino, 0, min(size, headers_end(data)))
     space = AddressSpace(arena)
+    start = length = prot = 0
     try:
         for seg in load_segments(data, size):
             if not seg.filesz:
@@ -126,6 +142,8 @@ def _load(fs: Filesystem, file: MmapFile, path: bytes, size: int, ino: Ino) -> E
             )
     except (MmapError, FsError) as e:
         report.error = str(e)
+        report.failed_segment = (start, length, _prot_str(prot))
+        report.allocation = _allocation(fs, e, f"frames for the {_prot_str(prot)} segment")
     finally:
         space.close()
     return report

@@ -12,21 +12,20 @@ it ends or the first allocation fails, and the counters read from the arena
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
+from fusefs.budget.explain import Explanation, explain_exec, explain_mount, explain_read
 from fusefs.budget.loader import map_executables
 from fusefs.budget.result import BudgetResult, Combination, XipRead
 from fusefs.budget.samples import Recorder
-from fusefs.budget.units import kib
 from fusefs.budget.workload import WorkFile, Workload, located
 from fusefs.errors import FsError
 from fusefs.vfs import (
     MM_MODES,
-    PAGE_SIZE,
+    STRATEGIES,
     Capabilities,
     Filesystem,
-    Ino,
     MmMode,
     Strategy,
     open_image,
@@ -48,7 +47,9 @@ def default_combinations(
     return [Combination(mm, s, xip_read) for mm in mms for s in (strategies or caps.strategies)]
 
 
-def _read_files(fs: Filesystem, files: Sequence[WorkFile], result: BudgetResult) -> None:
+def _read_files(
+    fs: Filesystem, files: Sequence[WorkFile], combo: Combination, result: BudgetResult
+) -> None:
     for wf in files:
         try:
             off = 0
@@ -59,42 +60,31 @@ def _read_files(fs: Filesystem, files: Sequence[WorkFile], result: BudgetResult)
                 off += len(data)
                 result.bytes_read += len(data)
         except MemoryError as e:  # OutOfMemoryError, or an mmshim allocation error
-            result.failure = f"{wf.path}: {e}{_extent_hint(fs, wf.ino, off)}"
+            result.failure = f"{wf.path}: {e}"
+            result.explanation = explain_read(
+                fs.capabilities, combo.mm, combo.decompress, wf.path, off, e
+            )
             return
         except FsError as e:
             raise located(wf.path, e) from e
         result.files_done += 1
 
 
-def _extent_hint(fs: Filesystem, ino: Ino, off: int) -> str:
-    """When the read that ran out of memory decodes a compressed extent of
-    more than a page (an EROFS extent is decoded whole), name the option that
-    bounds extents; empty otherwise (and for formats without extents)."""
-    try:
-        extents = fs.describe_inode(ino).get("extents", [])
-    except FsError:
-        return ""
-    for e in extents:
-        if e["la"] <= off < e["la"] + e["llen"] and e.get("kind") == "encoded":
-            if e["llen"] <= PAGE_SIZE:
-                return ""
-            return (
-                f" (its extent at {e['la']} decodes {kib(e['llen'])} at once; images built with"
-                " `nommufs mkimage erofs --max-extent-bytes=N` decode at most N)"
-            )
-    return ""
-
-
-def _map_programs(fs: Filesystem, result: BudgetResult) -> None:
+def _map_programs(fs: Filesystem, combo: Combination, result: BudgetResult) -> None:
     try:
         reports = map_executables(fs)
-    except MemoryError as e:
+    except MemoryError as e:  # reading a program's headers
         result.failure = str(e)
+        result.explanation = explain_read(fs.capabilities, combo.mm, None, "(headers)", 0, e)
         return
     result.exec_frames = result.exec_text_frames = 0
     for rep in reports:
         if rep.error is not None:
-            result.failure = f"/{rep.path.lstrip('/')}: {rep.error}"
+            path = f"/{rep.path.lstrip('/')}"
+            result.failure = f"{path}: {rep.error}"
+            result.explanation = explain_exec(
+                fs.capabilities, combo.mm, path, rep.failed_segment, rep.allocation
+            )
             return
         result.files_done += 1
         result.bytes_read += rep.size
@@ -118,6 +108,9 @@ def replay(
         fs = open_image(image, combo.memory(arena_bytes), offset=offset)
     except MemoryError as e:  # a mount-time reservation did not fit
         result.failure = f"mount: {e}"
+        # only a decompression strategy reserves memory at mount
+        caps = Capabilities(strategies=STRATEGIES if combo.decompress else ())
+        result.explanation = explain_mount(caps, combo.mm, combo.decompress, e)
         return result
     try:
         arena = fs.arena
@@ -127,9 +120,9 @@ def replay(
             arena.add_observer(recorder)
         try:
             if workload.kind == "exec":
-                _map_programs(fs, result)
+                _map_programs(fs, combo, result)
             else:
-                _read_files(fs, workload.files, result)
+                _read_files(fs, workload.files, combo, result)
         finally:
             if recorder is not None:
                 arena.remove_observer(recorder)
@@ -157,12 +150,23 @@ def _collect(fs: Filesystem, arena: Arena, result: BudgetResult) -> None:
     result.copy_bytes = counters.copy_bytes
 
 
-def prober(
-    image: str | os.PathLike[str], workload: Workload, combo: Combination, offset: int = 0
-) -> Callable[[int], bool]:
-    """``probe(arena_bytes)``: does ``workload`` run whole in that arena?"""
+class Prober:
+    """``probe(arena_bytes)``: does ``workload`` run whole in that arena?
+    Each failing size's explanation is kept (``failures``), so find-min can
+    name what set the minimum: the failure one page below it."""
 
-    def probe(arena_bytes: int) -> bool:
-        return replay(image, workload, combo, arena_bytes, offset=offset).ok
+    def __init__(
+        self,
+        image: str | os.PathLike[str],
+        workload: Workload,
+        combo: Combination,
+        offset: int = 0,
+    ) -> None:
+        self.image, self.workload, self.combo, self.offset = image, workload, combo, offset
+        self.failures: dict[int, Explanation | None] = {}
 
-    return probe
+    def __call__(self, arena_bytes: int) -> bool:
+        res = replay(self.image, self.workload, self.combo, arena_bytes, offset=self.offset)
+        if not res.ok:
+            self.failures[arena_bytes] = res.explanation
+        return res.ok

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 
 from fusefs.budget.minimum import find_fits_from, find_min_arena
-from fusefs.budget.replay import default_combinations, prober, replay
+from fusefs.budget.replay import Prober, default_combinations, replay
 from fusefs.budget.result import BudgetReport, BudgetResult, XipRead
 from fusefs.budget.units import kib
 from fusefs.budget.workload import load_workload, parse_workload
@@ -63,9 +63,12 @@ def budget(
     for combo in default_combinations(caps, mms, strategies, xip_read):
         res = replay(image, work, combo, arena_bytes, offset=offset, record=record)
         if find_min:
-            probe = prober(image, work, combo, offset)
+            probe = Prober(image, work, combo, offset)
             res.min_arena_bytes, res.probes = find_min_arena(probe, arena_bytes, max_ok=res.ok)
-            if res.min_arena_bytes is not None:
+            if res.min_arena_bytes is None:
+                res.critical = res.explanation
+            else:
+                res.critical = probe.failures.get(res.min_arena_bytes - PAGE_SIZE)
                 fits_from, res.fails_above_min, more = find_fits_from(
                     probe, res.min_arena_bytes, arena_bytes
                 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fusefs.budget.explain import Explanation
 from fusefs.budget.samples import Sample
 from fusefs.budget.workload import Workload
 from fusefs.vfs import PAGE_SIZE, MemoryConfig, MmMode, Strategy
@@ -43,7 +44,8 @@ class BudgetResult:
     mm: MmMode
     decompress: Strategy | None
     arena_bytes: int
-    failure: str | None = None
+    failure: str | None = None  # the error as the read path said it
+    explanation: Explanation | None = None  # ... and what it means for the board
     files_done: int = 0
     bytes_read: int = 0
     peak_frames: int = 0
@@ -63,6 +65,9 @@ class BudgetResult:
     fits_from_bytes: int | None = None
     fails_above_min: list[int] = field(default_factory=list)
     probes: int = 0
+    # find-min: the failure one page below the minimum -- the file and the
+    # allocation that set the minimum arena
+    critical: Explanation | None = None
     samples: list[Sample] = field(default_factory=list)
 
     @property
@@ -79,6 +84,7 @@ class BudgetResult:
             "decompress": self.decompress,
             "ok": self.ok,
             "failure": self.failure,
+            "explanation": None if self.explanation is None else self.explanation.to_json(),
             "files_done": self.files_done,
             "bytes_read": self.bytes_read,
             "peak_frames": self.peak_frames,
@@ -101,6 +107,7 @@ class BudgetResult:
             out["fits_from_bytes"] = self.fits_from_bytes
             out["fails_above_min"] = self.fails_above_min
             out["find_min_probes"] = self.probes
+            out["critical"] = None if self.critical is None else self.critical.to_json()
         return out
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from typing import Final
 
-from fusefs.budget import BudgetReport, BudgetResult, budget, footnotes, iter_rows
+from fusefs.budget import BudgetReport, BudgetResult, budget, footnotes, iter_rows, kib
 from fusefs.cmdline import verbosity
 from fusefs.commands._common import add_image_location, parse_size
 from fusefs.vfs import DEFAULT_ARENA_BYTES, MM_MODES, PAGE_SIZE, STRATEGIES
@@ -80,8 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _progress(res: BudgetResult) -> None:
-    what = f"{res.mm}" + (f"+{res.decompress}" if res.decompress else "")
-    print(f"nommufs budget: {what}: {'ok' if res.ok else 'failed'}", file=sys.stderr)
+    print(f"nommufs budget: {res.label}: {'ok' if res.ok else 'failed'}", file=sys.stderr)
 
 
 def format_table(report: BudgetReport) -> str:
@@ -103,11 +103,26 @@ def format_table(report: BudgetReport) -> str:
     ]
     lines += ["  ".join(r[h].ljust(widths[h]) for h in heads).rstrip() for r in rows]
     lines += footnotes(report)
-    for res in report.results:
-        if res.failure is not None:
-            what = f"{res.mm}" + (f"+{res.decompress}" if res.decompress else "")
-            lines.append(f"  {what}: {res.failure}")
+    lines += _grouped(
+        (r.label, r.explanation.text() if r.explanation else (r.failure or ""))
+        for r in report.results
+        if r.failure is not None
+    )
+    critical = [(r.label, r.critical, r.min_arena_bytes) for r in report.results]
+    shown = [(f"{label} (minimum {kib(least)})", c.text())
+             for label, c, least in critical if c is not None and least is not None]  # fmt: skip
+    if shown:
+        lines.append("what sets each minimum (the failure one page below it):")
+        lines += _grouped(shown)
     return "\n".join(lines) + "\n"
+
+
+def _grouped(items: Iterable[tuple[str, str]]) -> list[str]:
+    """``label: text`` lines, one per distinct text, naming every label that has it."""
+    groups: dict[str, list[str]] = {}
+    for label, text in items:
+        groups.setdefault(text, []).append(label)
+    return [f"  {', '.join(labels)}: {text}" for text, labels in groups.items()]
 
 
 def run(args: argparse.Namespace) -> int:

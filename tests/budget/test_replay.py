@@ -245,5 +245,9 @@ def test_an_extent_that_does_not_fit_names_max_extent_bytes(tmp_path: Path) -> N
         res = replay(image, _workload(image), combo, 512 << 10)
         assert res.ok is fits, res.failure
         if not fits:
-            assert res.failure is not None and "decodes 1024K at once" in res.failure
-            assert "--max-extent-bytes=N" in res.failure
+            why = res.explanation
+            assert why is not None and why.extent is not None and why.allocation is not None
+            assert (why.file, why.extent.la, why.extent.llen) == ("/zeros", 0, 1 << 20)
+            assert why.allocation.order == 8 and why.allocation.contiguous
+            assert "--max-extent-bytes" in [k.option for k in why.knobs]
+            assert "decodes 1024K at once" in why.text()
