@@ -197,7 +197,7 @@ def _xattrs(p: str) -> dict[bytes, bytes]:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return {}
         raise
-    return {n.encode(): os.getxattr(p, n, follow_symlinks=False) for n in sorted(names)}
+    return {os.fsencode(n): os.getxattr(p, n, follow_symlinks=False) for n in sorted(names)}
 
 
 def snapshot(root: Path, *, xattrs: bool = True) -> dict[str, Entry]:
