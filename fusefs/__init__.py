@@ -7,4 +7,6 @@ of the distribution (pyproject.toml reads it).
 
 from __future__ import annotations
 
+import mmshim  # noqa: F401  (first: it decides whether the compiled hot modules are used)
+
 __version__ = "0.1.0"

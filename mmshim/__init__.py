@@ -24,6 +24,9 @@ Everything is counted in :attr:`Arena.stats`.
 
 from __future__ import annotations
 
+# First: importing it decides whether the compiled hot modules are used
+# (before any of them is imported; see mmshim._compiled).
+from mmshim import _compiled  # noqa: F401  isort: skip
 from mmshim._arena import MM_MODES, TAIL_PAGE_POLICIES, Arena, MmMode, TailPagePolicy, is_contiguous
 from mmshim._errors import (
     AllocError,

@@ -27,6 +27,7 @@ from mmshim import (
 )
 from mmshim._page import F_LOCKED
 
+from ..compiled import interpreted
 from .conftest import MakeArena
 
 
@@ -420,6 +421,7 @@ def test_range_failure_counts_only_the_lookups_made(make_arena: MakeArena) -> No
     cache.close()
 
 
+@interpreted  # counts calls of a PageCache method
 def test_frame_donor_takes_the_frame_reclaim_would_free(
     make_arena: MakeArena, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from mmshim import AllocError, Arena, MappingLeakError, MmshimError, Owner, Page, PageCache
 
+from ..compiled import interpreted
 from .conftest import MakeArena
 
 
@@ -178,6 +179,7 @@ def count_evictable(monkeypatch: pytest.MonkeyPatch) -> list[Page]:
     return looked
 
 
+@interpreted  # counts calls of a PageCache method
 def test_evict_looks_only_at_what_it_evicts(
     make_arena: MakeArena, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,6 +199,7 @@ def test_evict_looks_only_at_what_it_evicts(
     cache.close()
 
 
+@interpreted  # counts calls of a PageCache method
 def test_invalidate_looks_only_at_that_file(
     make_arena: MakeArena, monkeypatch: pytest.MonkeyPatch
 ) -> None:
