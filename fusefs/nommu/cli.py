@@ -1,0 +1,104 @@
+"""scripts/nommu-kernel: build the kernels, boot an image, find its smallest RAM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fusefs.errors import InvalidArgumentError
+from fusefs.nommu import qemu
+from fusefs.nommu.common import NommuKernelError
+from fusefs.nommu.kernel import VARIANTS, Builder, Kernel
+from fusefs.nommu.sweep import find_min_ram
+from fusefs.vfs import parse_size
+
+
+def _kib(text: str) -> int:
+    try:
+        size = parse_size(text)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if size % 1024 or size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number of KiB")
+    return size // 1024
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nommu-kernel", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="say what is being built")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build (or find in the cache) the kernels")
+    b.add_argument("--variant", action="append", choices=sorted(VARIANTS),
+                   help="default: all of them")
+    for name, what in (("run", "boot IMAGE once and report what the kernel did"),
+                       ("min-ram", "the smallest -m at which IMAGE boots, mounts and reads")):
+        r = sub.add_parser(name, help=what)
+        r.add_argument("image", type=Path)
+        r.add_argument("--variant", choices=sorted(VARIANTS), default="zip-n",
+                       help="zip-n (EROFS without decompression, the default) or zip-y")
+        r.add_argument("-m", "--memory", type=_kib, default=16384,
+                       help="RAM for qemu (default 16M; min-ram: where it starts)")
+        r.add_argument("--flash", action="store_true",
+                       help="cramfs on CFI flash (XIP; build it with mkimage cramfs -X -p)")
+        r.add_argument("--exec", action="append", default=[], metavar="PATH",
+                       help="an ELF program in the image to map as a loader would")
+        r.add_argument("--no-read", action="store_true", help="do not read every file")
+        r.add_argument("--timeout", type=float, default=60.0, help="seconds per boot")
+        r.add_argument("--json", action="store_true", help="the whole run as JSON")
+    return p
+
+
+def _boot(args: argparse.Namespace, kernel: Kernel) -> qemu.Boot:
+    image: Path = args.image
+    if not image.is_file():
+        raise NommuKernelError(f"{image}: no such file")
+    fstype = "erofs" if image.read_bytes()[1024:1028] == b"\xe2\xe1\xf5\xe0" else "cramfs"
+    return qemu.Boot(kernel, args.memory, fstype, disk=None if args.flash else image,
+                     flash=image if args.flash else None, read_all=not args.no_read,
+                     exec=tuple(args.exec), timeout=args.timeout)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="nommu-kernel: %(message)s")
+    try:
+        builder = Builder()
+        if args.command == "build":
+            for name in args.variant or sorted(VARIANTS):
+                print(f"{name}: {builder.get(VARIANTS[name]).image}")
+            return 0
+        boot = _boot(args, builder.get(VARIANTS[args.variant]))
+        if args.command == "run":
+            run = qemu.run(boot)
+            out = run.to_json()
+            if args.json:
+                json.dump(out, sys.stdout, indent=1)
+                print()
+            else:
+                print(f"{args.image}: {run.outcome} in {run.seconds:.2f} s at {boot.memory_kib}K")
+                for step, info in run.steps.items():
+                    print(f"  {step:8} " + " ".join(
+                        f"{k} {info.get(k, 0)}K" for k in ("MemFree", "Cached", "Buffers",
+                                                           "MmapCopy")))
+                for bug in run.bugs:
+                    print(f"  kernel BUG at {bug.where} in {bug.function} from "
+                          + " <- ".join(bug.callers[:3]))
+            return 0 if run.outcome == "ok" else 1
+        res = find_min_ram(boot)
+        probes = ", ".join(f"{k}K {o}" for k, o in res.probes)
+        if res.min_kib is None:
+            print(f"{args.image}: fails even at {boot.memory_kib}K ({res.reference.outcome})")
+            return 1
+        free = res.at_min.meminfo("boot", "MemFree") if res.at_min else None
+        print(f"{args.image}: smallest RAM {res.min_kib}K"
+              f"{' (the lowest tried)' if res.floor_reached else ''}, "
+              f"MemFree after boot there {free}K; probes: {probes}")
+        return 0
+    except NommuKernelError as e:
+        print(f"nommu-kernel: {e}", file=sys.stderr)
+        return 1
