@@ -15,6 +15,8 @@ frames through a virtually contiguous view of them:
     ``vm_map_ram``-ed.  The arena's mode decides what that last step means:
     ``mmu`` aliases the frames (no copy), ``nommu-contig`` fails with ENOMEM,
     ``nommu-bounce`` copies through an arena bounce buffer (``bounce_bytes``).
+    Under ``nommu-contig`` it never gets that far: the mount fails, as the
+    kernel's does, on the vmap of the global buffer.
 ``bounce``
     The posted nommu patch, whatever the arena mode: contiguous pages are
     used in place; scattered ones are copied into a contiguous bounce
@@ -237,6 +239,23 @@ class MappedStrategy(DecodeStrategy):
 
 class VmapStrategy(MappedStrategy):
     name = "vmap"
+
+    def __init__(self, mem: ReadMemory, image: ImageBytes, sbi: ErofsSuper) -> None:
+        super().__init__(mem, image, sbi)
+        # erofs (decompressor.c z_erofs_load_lz4_config -> zutil.c
+        # z_erofs_gbuf_growsize): every mount of a kernel with EROFS_FS_ZIP
+        # whose image may use LZ4 (an uncompressed one too) vmap()s the global
+        # buffer of lz4 max_pclusterblks pages, and vmap() of a stock kernel
+        # without an MMU is BUG() (mm/nommu.c), contiguous pages or not.
+        if mem.arena.mode == "nommu-contig" and sbi.compr.available_algs & (
+            1 << f.Z_EROFS_COMPRESSION_LZ4
+        ):
+            raise OutOfMemoryError(
+                "erofs: z_erofs_gbuf_growsize: cannot vmap the "
+                f"{sbi.compr.lz4_max_pclusterblks}-page global decompression buffer at "
+                "mount (nommu-contig): without an MMU vmap() is BUG() (mm/nommu.c), so a "
+                "kernel with EROFS_FS_ZIP mounts no EROFS image"
+            )
 
     def _map_scattered(
         self, undo: Undo, pages: list[Page], nid: int, what: str

@@ -81,7 +81,7 @@ def test_nommu_bounce_copies_the_scattered_clusters(erofs16: Path) -> None:
     assert res.bounce_vmaps > 0
     # at least two pages each way per scattered multi-page cluster
     assert res.bounce_bytes >= res.bounce_vmaps * 2 * PAGE_SIZE
-    # nommu-contig fails on the first of those same scattered clusters
+    # nommu-contig does not even mount (the global buffer's vmap)
     contig = replay(erofs16, work, Combination("nommu-contig", "vmap"), BOARD)
     assert not contig.ok
 
@@ -90,10 +90,9 @@ def test_nommu_contig_vmap_fails_where_folios_succeed(erofs16: Path) -> None:
     work = _workload(erofs16)
     failed = replay(erofs16, work, Combination("nommu-contig", "vmap"), BOARD)
     assert failed.failure is not None
-    assert "scattered" in failed.failure and "vmap" in failed.failure
-    assert failed.failure.startswith("/big")  # names the file being read
-    assert failed.vmap_failures >= 1
-    assert failed.files_done < len(work.files)
+    # as the kernel: BUG in vmap() from z_erofs_gbuf_growsize, at mount
+    assert failed.failure.startswith("mount: ") and "z_erofs_gbuf_growsize" in failed.failure
+    assert failed.files_done == 0
     for strategy in ("contig-folio", "percpu-buffer"):
         res = replay(erofs16, work, Combination("nommu-contig", strategy), BOARD)
         assert res.ok, (strategy, res.failure)

@@ -1,6 +1,7 @@
 """Decompression through mmshim: every --mm mode x --decompress strategy reads
-the same bytes; under fragmentation nommu-contig + vmap fails with a clean
-ENOMEM while contig-folio and percpu-buffer succeed; counters say what it cost."""
+the same bytes, except nommu-contig + vmap, which cannot mount (as the kernel:
+its global buffer is vmapped at mount); under fragmentation contig-folio and
+percpu-buffer succeed; counters say what it cost."""
 
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ def _expected(tree: Path) -> dict[bytes, str]:
     }
 
 
-@pytest.mark.parametrize("mm", MM_MODES)
-@pytest.mark.parametrize("strategy", STRATEGIES)
+# nommu-contig + vmap cannot mount: test_nommu_contig_vmap_refuses_the_mount
+@pytest.mark.parametrize(
+    ("mm", "strategy"),
+    [(m, s) for m in MM_MODES for s in STRATEGIES if (m, s) != ("nommu-contig", "vmap")],
+)
 def test_every_mode_and_strategy_reads_the_same(
     mm: str, strategy: str, image: Path, tree: Path
 ) -> None:
@@ -102,25 +106,15 @@ def _big(fs: Filesystem) -> tuple[Ino, int]:
     return ino, fs.getattr(ino).size
 
 
-def test_nommu_contig_vmap_fails_with_enomem_under_fragmentation(image: Path, tree: Path) -> None:
+def test_nommu_contig_vmap_refuses_the_mount(image: Path) -> None:
+    """The kernel (EROFS_FS_ZIP=y, no MMU) hits BUG in vmap() from
+    z_erofs_gbuf_growsize at every EROFS mount: the model refuses the mount,
+    with that reason, before any read (seen on a real nommu kernel, tests/nommu)."""
     cfg = MemoryConfig(mm="nommu-contig", decompress="vmap", arena_bytes=8 << 20)
-    with open_image(image, cfg) as fs:
-        assert isinstance(fs, ErofsFilesystem)
-        ino, _size = _big(fs)
-        with fragmented(fs), pytest.raises(OutOfMemoryError) as err:
-            fs.read(ino, 0, 256 << 10)
-        assert err.value.errno == errno.ENOMEM
-        assert "nid" in str(err.value) and "vmap" in str(err.value)
-        st = fs.memory_stats()
-        assert st["vmap_failures"] >= 1 and st["vmaps_live"] == 0
-        # nothing leaked: no decompression buffer, mapping or page lock is left
-        assert st["frames_decompress"] == 0 and st["frames_bounce"] == 0
-        fs.reader.cache.invalidate(fs.nid_of(ino))
-        assert fs.reader.cache.invalidate(fs.nid_of(ino)) == 0
-    # a fresh mount in the same (unfragmented) arena reads it fine
-    with open_image(image, cfg) as fs:
-        ino, _size = _big(fs)
-        assert fs.read(ino, 0, 256 << 10) == (tree / "big1.txt").read_bytes()[: 256 << 10]
+    with pytest.raises(OutOfMemoryError) as err:
+        open_image(image, cfg)
+    assert err.value.errno == errno.ENOMEM
+    assert "z_erofs_gbuf_growsize" in str(err.value) and "BUG" in str(err.value)
 
 
 @pytest.mark.parametrize("strategy", ["contig-folio", "percpu-buffer", "bounce"])
@@ -155,7 +149,7 @@ def test_nommu_bounce_vmap_bounces_under_fragmentation(image: Path, tree: Path) 
 
 def test_tiny_arena_fails_cleanly_and_small_one_works(image: Path, tree: Path) -> None:
     with open_image(
-        image, MemoryConfig(mm="nommu-contig", decompress="vmap", arena_bytes=64 << 10)
+        image, MemoryConfig(mm="nommu-bounce", decompress="vmap", arena_bytes=64 << 10)
     ) as fs:
         ino, _ = _big(fs)
         with pytest.raises(OutOfMemoryError):
