@@ -1,18 +1,24 @@
-"""scripts/nommu-kernel: build the kernels, boot an image, find its smallest RAM."""
+"""scripts/nommu-kernel: build the kernels, boot an image, find its smallest RAM,
+and compare the kernel with budget's model."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from fusefs.errors import InvalidArgumentError
 from fusefs.nommu import qemu
+from fusefs.nommu.cases import CASES
 from fusefs.nommu.common import NommuKernelError
 from fusefs.nommu.kernel import VARIANTS, Builder, Kernel
+from fusefs.nommu.oracle import Workspace, boot_floor, compare, with_min_ram
+from fusefs.nommu.report import table
 from fusefs.nommu.sweep import find_min_ram
 from fusefs.vfs import parse_size
 
@@ -49,7 +55,39 @@ def _parser() -> argparse.ArgumentParser:
         r.add_argument("--no-read", action="store_true", help="do not read every file")
         r.add_argument("--timeout", type=float, default=60.0, help="seconds per boot")
         r.add_argument("--json", action="store_true", help="the whole run as JSON")
+    c = sub.add_parser("compare", help="every case on the kernel and in budget's model")
+    c.add_argument("--case", action="append", choices=sorted(CASES), help="default: all")
+    c.add_argument("--min-ram", action="store_true",
+                   help="also bisect the smallest -m of each case that mounts (slower)")
+    c.add_argument("--workdir", type=Path, help="keep the tree and images here")
+    c.add_argument("--json", action="store_true", help="the comparison as JSON")
     return p
+
+
+def _compare(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="nommufs-oracle-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        ws = Workspace(workdir)
+        floor = boot_floor(ws) if args.min_ram else None
+        results = []
+        for name in args.case or list(CASES):
+            cmp = compare(ws, CASES[name])
+            if floor is not None and floor.min_kib is not None and cmp.kernel.run.outcome == "ok":
+                with_min_ram(ws, cmp, floor.min_kib)
+            results.append(cmp.to_json())
+        doc = {"boot_floor_kib": None if floor is None else floor.min_kib,
+               "boot_floor_mem_free_kib": None if floor is None or floor.at_min is None
+               else floor.at_min.meminfo("boot", "MemFree"),
+               "cases": results}
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+    else:
+        for line in table(doc):
+            print(line)
+    return 0
 
 
 def _boot(args: argparse.Namespace, kernel: Kernel) -> qemu.Boot:
@@ -72,6 +110,8 @@ def main(argv: Sequence[str]) -> int:
             for name in args.variant or sorted(VARIANTS):
                 print(f"{name}: {builder.get(VARIANTS[name]).image}")
             return 0
+        if args.command == "compare":
+            return _compare(args)
         boot = _boot(args, builder.get(VARIANTS[args.variant]))
         if args.command == "run":
             run = qemu.run(boot)

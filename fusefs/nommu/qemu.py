@@ -43,7 +43,7 @@ class Boot:
 
     kernel: Kernel  # with our init built in
     memory_kib: int
-    fstype: str  # erofs | cramfs
+    fstype: str  # erofs | cramfs; "" to boot and power off (the kernel's own floor)
     disk: Path | None = None  # virtio-blk
     flash: Path | None = None  # CFI flash (cramfs with its 512-byte pad)
     read_all: bool = True
@@ -52,7 +52,7 @@ class Boot:
     extra_append: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if (self.disk is None) == (self.flash is None):
+        if self.fstype and (self.disk is None) == (self.flash is None):
             raise ValueError("a boot mounts either a disk or a flash")
 
     @property
@@ -60,9 +60,10 @@ class Boot:
         return "/dev/vda" if self.disk is not None else "mtd0"
 
     def append(self) -> str:
-        words = ["console=ttyS0", "rdinit=/init", "panic=-1", "loglevel=5",
-                 f"NOMMUFS_FS={self.fstype}", f"NOMMUFS_DEV={self.device}",
-                 f"NOMMUFS_READ={int(self.read_all)}", *self.extra_append]
+        words = ["console=ttyS0", "rdinit=/init", "panic=-1", "loglevel=5", *self.extra_append]
+        if self.fstype:
+            words += [f"NOMMUFS_FS={self.fstype}", f"NOMMUFS_DEV={self.device}",
+                      f"NOMMUFS_READ={int(self.read_all)}"]
         if self.exec:
             words.append("NOMMUFS_EXEC=" + ":".join(self.exec))
         return " ".join(words)
@@ -122,8 +123,7 @@ def run(boot: Boot) -> console.Run:
         if boot.disk is not None:
             cmd += ["-drive", f"file={boot.disk},format=raw,if=none,id=d,readonly=on",
                     "-device", "virtio-blk-device,drive=d"]
-        else:
-            assert boot.flash is not None
+        elif boot.flash is not None:
             flash = work / "flash.bin"
             flash_image(boot.flash, flash)
             cmd += ["-drive", f"file={flash},format=raw,if=pflash,unit=0,readonly=on"]

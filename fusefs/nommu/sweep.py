@@ -38,7 +38,7 @@ class MinRam:
 
 
 def find_min_ram(boot: qemu.Boot, *, lo_kib: int = 4096, step_kib: int = 64,
-                 probe_timeout: float = 20.0) -> MinRam:
+                 probe_timeout: float = 10.0) -> MinRam:
     """Bisect between `boot.memory_kib` (the reference) and `lo_kib`.
 
     `lo_kib` is probed too; when it works, the answer is `lo_kib` itself and

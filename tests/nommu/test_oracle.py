@@ -1,0 +1,113 @@
+"""budget's model held against a real Linux without an MMU (riscv64 6.12 under qemu).
+
+Each case boots once at 16M (tests/nommu/conftest.py); the model replays the
+same workloads for the combination that stands for that kernel. The
+tolerances are the differences that are understood (README, "A real nommu
+kernel"); anything beyond them fails.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from fusefs.nommu.oracle import Comparison, Workspace, boot_floor, with_min_ram
+from tests.nommu.conftest import BUILD_TIMEOUT
+
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)
+
+READS = ("erofs-plain", "cramfs", "cramfs-xip")
+
+
+@pytest.mark.parametrize("name", ["erofs-plain-zip", "erofs-lz4-zip"])
+def test_erofs_zip_mount_bugs_in_vmap_as_the_model_refuses(
+    comparisons: dict[str, Comparison], name: str
+) -> None:
+    cmp = comparisons[name]
+    run = cmp.kernel.run
+    assert run.outcome == "bug" and "mount" not in run.steps  # the mount never returned
+    [bug, *_] = run.bugs
+    assert bug.where.startswith("mm/nommu.c:") and bug.function == "vmap"
+    assert bug.callers[0] == "z_erofs_gbuf_growsize"
+    assert "erofs_fc_fill_super" in bug.callers
+    assert cmp.model is not None and cmp.model.read is not None
+    failure = cmp.model.read.failure or ""
+    assert failure.startswith("mount: ") and "z_erofs_gbuf_growsize" in failure
+    assert cmp.model.read.files_done == 0
+
+
+def test_erofs_without_zip_refuses_a_compressed_image(comparisons: dict[str, Comparison]) -> None:
+    run = comparisons["erofs-lz4"].kernel.run
+    assert run.outcome == "mount-failed" and run.mount_errno == errno.EOPNOTSUPP
+    assert any("compression disabled" in m for m in run.fs_messages)
+
+
+@pytest.mark.parametrize("name", READS)
+def test_every_file_reads_back_as_the_tree_on_both(
+    comparisons: dict[str, Comparison], workspace: Workspace, name: str
+) -> None:
+    cmp = comparisons[name]
+    assert cmp.kernel.run.outcome == "ok", cmp.kernel.run.kernel_tail
+    assert cmp.kernel.bad_files == []
+    assert {f.path for f in cmp.kernel.run.files} == set(workspace.expected)
+    assert cmp.model is not None and cmp.model.read is not None and cmp.model.read.ok
+    assert cmp.model.read.files_done == len(workspace.expected)
+    assert cmp.kernel.run.umount_errno == 0
+
+
+def test_page_cache_after_reading(comparisons: dict[str, Comparison], workspace: Workspace) -> None:
+    """Cached grew by the model's page-cache frames, up to what the model leaves out."""
+    got = {}
+    for name in READS:
+        cmp = comparisons[name]
+        assert cmp.kernel.cached_kib is not None and cmp.model is not None
+        model = cmp.model.page_cache_frames
+        assert model is not None
+        got[name] = cmp.kernel.cached_kib // 4 - model
+    # cramfs over virtio-blk: directories are read through the block device's
+    # cache (Buffers), files through the page cache, exactly as the model
+    assert got["cramfs"] == 0, got
+    # EROFS: a directory's blocks are in its inode's page cache, which the model
+    # does not count (it reads directories from the image): at most a page each
+    dirs = sum(1 for p in workspace.tree.rglob("*") if p.is_dir()) + 1
+    assert 0 < got["erofs-plain"] <= dirs, got
+    # cramfs XIP: an XIP file whose size is a whole number of pages is read
+    # without growing Cached (random.bin, 2 pages); the model caches it
+    assert got["cramfs-xip"] == -2, got
+
+
+def test_program_mappings_copy_what_the_model_copies(comparisons: dict[str, Comparison]) -> None:
+    """MmapCopy while each program is mapped, summed, is the model's exec_frames."""
+    for name in ("cramfs", "cramfs-xip"):
+        cmp = comparisons[name]
+        assert cmp.model is not None and cmp.model.exec is not None and cmp.model.exec.ok
+        assert sum(cmp.kernel.mmap_copy_pages()) == cmp.model.exec.exec_frames, name
+    xip, plain = comparisons["cramfs-xip"], comparisons["cramfs"]
+    # XIP: every read-only segment is mapped in place, in the flash window
+    # (below RAM); only the writable ones are copied: the model's exec_text_frames 0
+    ro = [s for s in xip.kernel.run.segments if "w" not in s.prot]
+    assert ro and xip.kernel.direct_segments() == len(ro)
+    assert xip.model is not None and xip.model.exec is not None
+    assert xip.model.exec.exec_text_frames == 0
+    assert plain.kernel.direct_segments() == 0
+    # EROFS maps too (always a copy without an MMU); the model has no loader for it
+    assert sum(comparisons["erofs-plain"].kernel.mmap_copy_pages()) == sum(
+        plain.kernel.mmap_copy_pages())
+
+
+@pytest.mark.slow
+def test_smallest_ram(workspace: Workspace, comparisons: dict[str, Comparison]) -> None:
+    """Reading needs no more than the boot leaves free (the floor is the kernel's
+    own); mapping libc without XIP needs a 2 MiB block, far above the floor."""
+    # below the floor the kernel hangs rather than panics; a good run takes < 1 s
+    floor = boot_floor(workspace, step_kib=256, probe_timeout=4)
+    assert floor.min_kib is not None and 4096 < floor.min_kib < 16384
+    xip = comparisons["cramfs-xip"]
+    with_min_ram(workspace, xip, floor.min_kib, step_kib=256, probe_timeout=4)
+    for workload in ("all", "exec"):
+        pair = xip.min_ram[workload]
+        assert pair.kernel.min_kib == floor.min_kib, (workload, pair.kernel.probes)
+        assert pair.kernel.at_min is not None
+        free = pair.kernel.at_min.meminfo("boot", "MemFree")
+        assert pair.model_min_arena is not None and pair.model_min_arena <= free * 1024
