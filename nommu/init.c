@@ -17,6 +17,7 @@
  *
  *   @nommufs step NAME T_NS             a step begins (CLOCK_MONOTONIC)
  *   @nommufs meminfo NAME KEY VALUE     one /proc/meminfo line, in kB
+ *   @nommufs buddyinfo NAME LINE        one /proc/buddyinfo line (free blocks per order)
  *   @nommufs mount ERRNO                0, or the errno of mount(2)
  *   @nommufs file PATH SIZE FNV64 ERR   a file read (ERR: errno of open/read)
  *   @nommufs seg PATH OFF LEN PROT ADDR ERR  a segment mapped (ADDR in hex)
@@ -221,6 +222,9 @@ static void step(const char *name)
 	s64 n = slurp("/proc/meminfo");
 	if (n > 0)
 		print_lines("meminfo", name, n);
+	n = slurp("/proc/buddyinfo");
+	if (n > 0)
+		print_lines("buddyinfo", name, n);
 }
 
 static u64 read_file(const char *path, s64 *err, u64 *hash)

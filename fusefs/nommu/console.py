@@ -65,6 +65,8 @@ class Run:
     timed_out: bool
     steps: dict[str, dict[str, int]] = field(default_factory=dict)  # step -> meminfo kB
     step_ns: dict[str, int] = field(default_factory=dict)  # step -> CLOCK_MONOTONIC
+    # step -> free blocks per order, summed over zones (/proc/buddyinfo)
+    buddy: dict[str, list[int]] = field(default_factory=dict)
     mount_errno: int | None = None
     umount_errno: int | None = None
     files: list[FileRead] = field(default_factory=list)
@@ -90,6 +92,11 @@ class Run:
             return "mount-failed"
         return "ok" if self.done else "panic"
 
+    def largest_free_order(self, step: str) -> int:
+        """The highest order with a free block at `step` (-1: none, or no buddyinfo)."""
+        counts = self.buddy.get(step, [])
+        return max((o for o, n in enumerate(counts) if n), default=-1)
+
     def meminfo(self, step: str, key: str) -> int:
         """A /proc/meminfo value in kB at `step` (KeyError when the step did not happen)."""
         return self.steps[step][key]
@@ -107,6 +114,7 @@ class Run:
             "kernel_tail": self.kernel_tail if self.outcome != "ok" else [],
             "steps": self.steps,
             "step_ms": {k: round(v / 1e6, 1) for k, v in self.step_ns.items()},
+            "buddy": self.buddy,
             "files": [[f.path, f.size, f"{f.fnv64:016x}", f.errno] for f in self.files],
             "segments": [[g.path, g.offset, g.length, g.prot, f"{g.address:#x}", g.errno]
                          for g in self.segments],
@@ -149,6 +157,11 @@ def _init_line(run: Run, rest: str) -> None:
     elif kind == "meminfo" and len(words) >= 3:
         key = words[1].rstrip(":")
         run.steps.setdefault(words[0], {})[key] = int(words[2])
+    elif kind == "buddyinfo" and len(words) > 4 and words[1] == "Node":
+        # "Node 0, zone   DMA32  3 1 0 ..."
+        counts = [int(w) for w in words[5:]]
+        have = run.buddy.setdefault(words[0], [0] * len(counts))
+        run.buddy[words[0]] = [a + b for a, b in zip(have, counts, strict=False)]
     elif kind == "mount" and words:
         run.mount_errno = -int(words[0])
     elif kind == "umount" and words:

@@ -222,6 +222,7 @@ class MinRamPair:
 
     kernel: MinRam
     model_min_arena: int | None  # None: the model has no such workload, or nothing fits
+    model_largest_order: int = -1  # the largest block the model's replay asked for
 
     def to_json(self) -> dict[str, Any]:
         r = self.kernel
@@ -229,9 +230,12 @@ class MinRamPair:
             "kernel_min_kib": r.min_kib,
             "mem_free_after_boot_at_min_kib": None if r.at_min is None
             else r.at_min.steps.get("boot", {}).get("MemFree"),
+            "largest_free_order_after_boot_at_min": None if r.at_min is None
+            else r.at_min.largest_free_order("boot"),
             "probes": r.probes,
             "model_min_arena_kib": None if self.model_min_arena is None
             else self.model_min_arena // 1024,
+            "model_largest_alloc_order": self.model_largest_order,
         }
 
 
@@ -245,13 +249,13 @@ def with_min_ram(ws: Workspace, cmp: Comparison, floor_kib: int, step_kib: int =
                                    exec=() if read_all else ws.programs)
         kernel = find_min_ram(boot, lo_kib=floor_kib - step_kib, step_kib=step_kib,
                               probe_timeout=probe_timeout)
-        model = None
+        pair = MinRamPair(kernel, None)
         if case.modelled and (workload == "all" or case.fmt == "cramfs"):
             strategies = [case.decompress] if case.decompress else None
             res = budget(ws.image(case), arena_bytes=MEMORY_KIB * 1024, workload=workload,
                          mms=[case.mm], strategies=strategies, find_min=True).results[0]
-            model = res.min_arena_bytes
-        cmp.min_ram[workload] = MinRamPair(kernel, model)
+            pair = MinRamPair(kernel, res.min_arena_bytes, res.largest_alloc_order)
+        cmp.min_ram[workload] = pair
 
 
 def boot_floor(ws: Workspace, step_kib: int = 64, probe_timeout: float = 10.0) -> MinRam:
