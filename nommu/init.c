@@ -11,6 +11,7 @@
  *   NOMMUFS_READ=1            read every regular file, print its size and hash
  *   NOMMUFS_EXEC=/a:/b        map these ELF programs' segments as a loader would,
  *                             one program at a time
+ *   NOMMUFS_SHOW=/sys/a:/b    print these one-line files before unmounting
  *
  * Everything it says starts with "@nommufs " on a line of its own, so that the
  * runner can tell it from the kernel's messages on the same console:
@@ -23,6 +24,7 @@
  *   @nommufs seg PATH OFF LEN PROT ADDR ERR  a segment mapped (ADDR in hex)
  *   @nommufs maps LINE                  /proc/self/maps while a program is mapped
  *   @nommufs step execN ...             meminfo while program N is mapped
+ *   @nommufs show PATH VALUE            a file of NOMMUFS_SHOW
  *   @nommufs done                       about to power off
  */
 
@@ -411,6 +413,31 @@ static void exec_programs(const char *list)
 	}
 }
 
+static void show_files(const char *list)
+{
+	while (*list) {
+		u64 n = 0;
+		while (list[n] && list[n] != ':')
+			n++;
+		if (n + 1 > sizeof(path))
+			break;
+		memcpy(path, list, n);
+		path[n] = 0;
+		list += n + (list[n] == ':');
+		s64 got = slurp(path);
+		begin("show ");
+		put(path);
+		put(" ");
+		if (got < 0) {
+			put("error ");
+			puti(got);
+		} else {
+			putn(buf, got > 0 && buf[got - 1] == '\n' ? (u64)got - 1 : (u64)got);
+		}
+		end();
+	}
+}
+
 static void write_file(const char *p, const char *s)
 {
 	s64 fd = sys3(SYS_openat, AT_FDCWD, p, O_WRONLY);
@@ -436,12 +463,15 @@ void cmain(long *sp)
 	const char *dev = getenv_(envp, "NOMMUFS_DEV");
 	const char *rd = getenv_(envp, "NOMMUFS_READ");
 	const char *progs = getenv_(envp, "NOMMUFS_EXEC");
+	const char *show = getenv_(envp, "NOMMUFS_SHOW");
 
 	sys3(SYS_mkdirat, AT_FDCWD, "/dev", 0755);
 	sys3(SYS_mkdirat, AT_FDCWD, "/proc", 0555);
 	sys3(SYS_mkdirat, AT_FDCWD, "/mnt", 0755);
 	sys6(SYS_mount, (long)"devtmpfs", (long)"/dev", (long)"devtmpfs", 0, 0, 0);
 	sys6(SYS_mount, (long)"proc", (long)"/proc", (long)"proc", 0, 0, 0);
+	sys3(SYS_mkdirat, AT_FDCWD, "/sys", 0555);
+	sys6(SYS_mount, (long)"sysfs", (long)"/sys", (long)"sysfs", 0, 0, 0);
 	step("boot");
 	if (!fs || !dev)
 		poweroff();
@@ -459,6 +489,8 @@ void cmain(long *sp)
 	}
 	if (progs && *progs)
 		exec_programs(progs);
+	if (show && *show)
+		show_files(show);
 	write_file("/proc/sys/vm/drop_caches", "3");
 	step("drop");
 	r = sys3(SYS_umount2, "/mnt", 0, 0);

@@ -24,7 +24,7 @@ from typing import Final, Literal
 import nommufs
 from fusefs.elf import is_elf_program
 from fusefs.nommu.common import NommuKernelError
-from fusefs.nommu.kernel import ZIP_N, ZIP_Y, Variant
+from fusefs.nommu.kernel import ZIP_N, ZIP_Y, ZIP_Y_BOUNCE, Variant
 from fusefs.vfs import MmMode, Strategy
 
 HOST_PROGRAMS: Final = ("ls", "cat")
@@ -117,6 +117,7 @@ class Case:
     decompress: Strategy | None  # None: cramfs (one way to decode)
     about: str
     modelled: bool = True  # False: budget has no combination for this kernel
+    counters: tuple[str, ...] = ()  # the kernel's sysfs counters to read after the workload
 
     def build(self, tree: Path, out_dir: Path) -> Path:
         out = out_dir / f"{self.name}.img"
@@ -126,6 +127,10 @@ class Case:
 
 
 _REPRO: Final = ("-T", "0", "--all-root")
+#: what nommu/vmap-bounce.patch counts (module parameters of mm/nommu.c)
+VMAP_COUNTERS: Final = tuple(
+    f"/sys/module/nommu/parameters/vmap_{c}"
+    for c in ("calls", "in_place", "bounced", "bounce_bytes", "failures"))
 CASES: Final = {
     c.name: c
     for c in (
@@ -140,6 +145,11 @@ CASES: Final = {
              "kernel without decompression: not compared)", modelled=False),
         Case("erofs-lz4-zip", "erofs", ("-z", "lz4hc", "-C", "16384", *_REPRO), ZIP_Y, "disk",
              "nommu-contig", "vmap", "EROFS lz4hc 16K pclusters, kernel with EROFS_FS_ZIP"),
+        Case("erofs-lz4-bounce", "erofs", ("-z", "lz4hc", "-C", "16384", *_REPRO), ZIP_Y_BOUNCE,
+             "disk", "nommu-bounce", "vmap",
+             "EROFS lz4hc 16K pclusters, kernel with EROFS_FS_ZIP and nommu/vmap-bounce.patch "
+             "(contiguous pages in place, scattered ones bounced): the model's nommu-bounce",
+             counters=VMAP_COUNTERS),
         Case("cramfs", "cramfs", ("-q",), ZIP_N, "disk", "nommu-contig", None,
              "cramfs (zlib blocks) over virtio-blk"),
         Case("cramfs-xip", "cramfs", ("-q", "-p", "-X", "--xip", "bin/*", "--xip", "lib/*",

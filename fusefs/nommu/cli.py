@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         r = sub.add_parser(name, help=what)
         r.add_argument("image", type=Path)
         r.add_argument("--variant", choices=sorted(VARIANTS), default="zip-n",
-                       help="zip-n (EROFS without decompression, the default) or zip-y")
+                       help="zip-n (EROFS without decompression, the default), zip-y, or "
+                       "zip-y-bounce (nommu/vmap-bounce.patch applied)")
         r.add_argument("-m", "--memory", type=_kib, default=16384,
                        help="RAM for qemu (default 16M; min-ram: where it starts)")
         r.add_argument("--flash", action="store_true",
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         r.add_argument("--exec", action="append", default=[], metavar="PATH",
                        help="an ELF program in the image to map as a loader would")
         r.add_argument("--no-read", action="store_true", help="do not read every file")
+        r.add_argument("--show", action="append", default=[], metavar="GUEST_FILE",
+                       help="print this guest file before unmounting (e.g. a sysfs counter)")
         r.add_argument("--timeout", type=float, default=60.0, help="seconds per boot")
         r.add_argument("--json", action="store_true", help="the whole run as JSON")
     c = sub.add_parser("compare", help="every case on the kernel and in budget's model")
@@ -97,7 +100,7 @@ def _boot(args: argparse.Namespace, kernel: Kernel) -> qemu.Boot:
     fstype = "erofs" if image.read_bytes()[1024:1028] == b"\xe2\xe1\xf5\xe0" else "cramfs"
     return qemu.Boot(kernel, args.memory, fstype, disk=None if args.flash else image,
                      flash=image if args.flash else None, read_all=not args.no_read,
-                     exec=tuple(args.exec), timeout=args.timeout)
+                     exec=tuple(args.exec), show=tuple(args.show), timeout=args.timeout)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -72,6 +72,7 @@ class Run:
     files: list[FileRead] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
     maps: list[str] = field(default_factory=list)
+    shown: dict[str, str] = field(default_factory=dict)  # NOMMUFS_SHOW: path -> text
     bugs: list[Bug] = field(default_factory=list)
     panic: str | None = None
     fs_messages: list[str] = field(default_factory=list)
@@ -119,6 +120,7 @@ class Run:
             "segments": [[g.path, g.offset, g.length, g.prot, f"{g.address:#x}", g.errno]
                          for g in self.segments],
             "maps": self.maps,
+            "shown": self.shown,
         }
 
 
@@ -174,6 +176,8 @@ def _init_line(run: Run, rest: str) -> None:
         path = args.rsplit(" ", 5)[0]
         off, length, prot, addr, err = words[-5:]
         run.segments.append(Segment(path, int(off), int(length), prot, int(addr, 16), -int(err)))
+    elif kind == "show" and words:
+        run.shown[words[0]] = args.partition(" ")[2]
     elif kind == "maps":
         run.maps.append(args)
     elif kind == "done":

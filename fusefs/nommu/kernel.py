@@ -52,6 +52,7 @@ PACKAGES: Final = {
     "flex": "kconfig", "bison": "kconfig", "bc": "kernel build",
     "libssl-dev": "kernel build tools", "libelf-dev": "kernel build tools",
     "cpio": "kernel build (initramfs tools)", "make": "kernel build",
+    "patch": "nommu/*.patch",
     "xz-utils": "unpacking the source",
 }
 
@@ -68,10 +69,13 @@ class Variant:
         return [NOMMU_DIR / f for f in (*self.fragments, *self.patches)]
 
 
-#: EROFS without decompression, and with it (every EROFS mount then BUGs in vmap).
+#: EROFS without decompression, and with it (every EROFS mount then BUGs in vmap);
+#: and with it on a kernel whose nommu vmap() uses contiguous pages in place and
+#: bounces scattered ones (nommu/vmap-bounce.patch).
 ZIP_N: Final = Variant("zip-n", ("config", "config-zip-n"))
 ZIP_Y: Final = Variant("zip-y", ("config", "config-zip-y"))
-VARIANTS: Final = {v.name: v for v in (ZIP_N, ZIP_Y)}
+ZIP_Y_BOUNCE: Final = Variant("zip-y-bounce", ("config", "config-zip-y"), ("vmap-bounce.patch",))
+VARIANTS: Final = {v.name: v for v in (ZIP_N, ZIP_Y, ZIP_Y_BOUNCE)}
 
 
 def _run(cmd: Sequence[str | os.PathLike[str]], what: str, **kw: object) -> str:
@@ -249,10 +253,48 @@ class Builder:
         self._make(src, build, "olddefconfig")
         check_config(build / ".config", fragments)
 
+    def _patch(self, src: Path, patches: Sequence[str]) -> None:
+        """Bring the source to exactly `patches` applied (we hold the lock).
+
+        Variants share one source and one build directory, so a patch is
+        applied in place for its variant's build and taken out again for the
+        next: an incremental build either way. What is applied is recorded
+        (a copy of each patch under ``.nommufs-applied/``) before patch(1)
+        runs, so a run interrupted in between is undone by the next.
+        """
+        applied_dir = src / ".nommufs-applied"
+        applied_dir.mkdir(exist_ok=True)
+        want = [(name, (NOMMU_DIR / name).read_bytes()) for name in patches]
+        have = sorted(applied_dir.iterdir())
+        if [(p.name.split("-", 1)[1], p.read_bytes()) for p in have] == want:
+            return
+        for p in reversed(have):
+            self._apply_patch(src, p, reverse=True)
+            p.unlink()
+        for i, (name, data) in enumerate(want):
+            record = applied_dir / f"{i:02d}-{name}"
+            record.write_bytes(data)
+            self._apply_patch(src, record, reverse=False)
+
+    def _apply_patch(self, src: Path, patch: Path, *, reverse: bool) -> None:
+        flags = ["-R"] if reverse else []
+        dry = subprocess.run(["patch", "-p1", "-s", "-f", "--dry-run", *flags, "-i", str(patch)],
+                             cwd=src, capture_output=True, text=True, check=False)
+        if dry.returncode != 0:
+            other = subprocess.run(["patch", "-p1", "-s", "-f", "--dry-run",
+                                    *([] if reverse else ["-R"]), "-i", str(patch)],
+                                   cwd=src, capture_output=True, check=False)
+            if other.returncode == 0:  # already in the wanted state (interrupted before)
+                return
+            raise NommuKernelError(
+                f"{patch}: does not apply to {src} ({dry.stdout.strip()}); remove {src} "
+                "to unpack the source afresh")
+        _run(["patch", "-p1", "-s", "-f", *flags, "-i", str(patch)], f"patch {patch.name}",
+             cwd=src)
+
     def _build(self, variant: Variant) -> Kernel:
-        if variant.patches:
-            raise NommuKernelError(f"{variant.name}: patched variants are not built yet")
         src = self._source()
+        self._patch(src, variant.patches)
         build = self.root / "build" / self.version
         final = self.root / "kernel" / self.key(variant)
         start = time.monotonic()

@@ -63,7 +63,7 @@ class Workspace:
         image = self.image(case)
         disk, flash = (image, None) if case.medium == "disk" else (None, image)
         return qemu.Boot(self.kernel(case), memory_kib, case.fmt, disk=disk, flash=flash,
-                         exec=self.programs if exec_ else ())
+                         exec=self.programs if exec_ else (), show=case.counters)
 
     def boot_only(self, memory_kib: int = MEMORY_KIB) -> qemu.Boot:
         """Boot and power off: the kernel's own floor."""
@@ -103,6 +103,11 @@ class KernelSide:
         base = st["read"]["MmapCopy"]
         execs = sorted((k for k in st if k.startswith("exec")), key=lambda k: int(k[4:]))
         return [(st[k]["MmapCopy"] - base) // PAGE_KIB for k in execs]
+
+    def counters(self) -> dict[str, int]:
+        """The sysfs counters the case asked for, by their file name."""
+        return {path.rsplit("/", 1)[-1]: int(text) for path, text in self.run.shown.items()
+                if text.strip().isdigit()}
 
     def direct_segments(self) -> int:
         """Segments the kernel mapped in place (an address outside RAM: in flash)."""
@@ -150,6 +155,7 @@ class Comparison:
                 "mmap_copy_pages": k.mmap_copy_pages(),
                 "segments_in_flash": k.direct_segments(),
                 "bad_files": k.bad_files,
+                "counters": k.counters(),
             },
             "model": None,
         }
@@ -165,6 +171,11 @@ class Comparison:
                 "exec_frames": None if m.exec is None else m.exec.exec_frames,
                 "exec_text_frames": None if m.exec is None else m.exec.exec_text_frames,
                 "exec_failure": None if m.exec is None else m.exec.failure,
+                "vmap_calls": None if m.read is None else m.read.vmap_calls,
+                "bounce_vmaps": None if m.read is None else m.read.bounce_vmaps,
+                "bounce_bytes": None if m.read is None else m.read.bounce_bytes,
+                "vmap_failures": None if m.read is None else m.read.vmap_failures,
+                "lost_writes": None if m.read is None else m.read.lost_writes,
             }
         if self.min_ram:
             out["min_ram"] = {w: pair.to_json() for w, pair in self.min_ram.items()}

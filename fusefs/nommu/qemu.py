@@ -49,6 +49,7 @@ class Boot:
     read_all: bool = True
     exec: tuple[str, ...] = ()  # ELF programs inside the image to map as a loader would
     timeout: float = 60.0
+    show: tuple[str, ...] = ()  # guest files (sysfs counters) to print before unmounting
     extra_append: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class Boot:
                       f"NOMMUFS_READ={int(self.read_all)}"]
         if self.exec:
             words.append("NOMMUFS_EXEC=" + ":".join(self.exec))
+        if self.show:
+            words.append("NOMMUFS_SHOW=" + ":".join(self.show))
         return " ".join(words)
 
 
