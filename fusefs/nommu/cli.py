@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -103,7 +104,21 @@ def _boot(args: argparse.Namespace, kernel: Kernel) -> qemu.Boot:
                      exec=tuple(args.exec), show=tuple(args.show), timeout=args.timeout)
 
 
+class _Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise _Interrupted(signum)
+
+
 def main(argv: Sequence[str]) -> int:
+    # SIGTERM (what CI timeouts send) and SIGHUP unwind like SIGINT: the make
+    # process group is stopped and the unfinished cache entry removed
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="nommu-kernel: %(message)s")
@@ -145,3 +160,11 @@ def main(argv: Sequence[str]) -> int:
     except NommuKernelError as e:
         print(f"nommu-kernel: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("nommu-kernel: interrupted by SIGINT; nothing half-built is left in the cache",
+              file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _Interrupted as e:
+        print(f"nommu-kernel: interrupted by {signal.Signals(e.signum).name}; nothing "
+              "half-built is left in the cache", file=sys.stderr)
+        return 128 + e.signum

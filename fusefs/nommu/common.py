@@ -29,15 +29,16 @@ def cache_root() -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[int]:
+    """An exclusive flock on `path`; yields its descriptor. A child given the
+    descriptor (``pass_fds``) holds the lock too, until it and its own
+    children exit: a build outliving a killed parent still keeps others out."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        if _try_lock(f.fileno()):
-            yield
-            return
-        log.info("waiting for %s (another build holds it)", path)
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        yield
+        if not _try_lock(f.fileno()):
+            log.info("waiting for %s (another build holds it)", path)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield f.fileno()
 
 
 def _try_lock(fd: int) -> bool:

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -170,6 +171,7 @@ class Builder:
         self.jobs = jobs or os.cpu_count() or 1
         self.niceness = niceness
         self._version: str | None = None
+        self._lock_fd: int | None = None  # the build lock, passed on to make
 
     @property
     def version(self) -> str:
@@ -202,12 +204,16 @@ class Builder:
         hit = self.cached(variant)
         if hit is not None:
             return hit
-        with locked(self.root / "kernel" / ".lock"):
+        with locked(self.root / "kernel" / ".lock") as fd:
             hit = self.cached(variant)  # built while we waited
             if hit is not None:
                 return hit
             _sweep_stale(self.root / "kernel")
-            return self._build(variant)
+            self._lock_fd = fd
+            try:
+                return self._build(variant)
+            finally:
+                self._lock_fd = None
 
     def _source(self) -> Path:
         """The unpacked source of this version (unpacked once, atomically)."""
@@ -231,8 +237,18 @@ class Builder:
         with logfile.open("a") as out:
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()
-            rc = subprocess.run(cmd, stdout=out,
-                                stderr=subprocess.STDOUT, check=False).returncode
+            # its own process group, so that an interrupt stops every sub-make
+            # and compiler; and the lock, so that nobody builds here while any
+            # of them still runs
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True,
+                                    pass_fds=() if self._lock_fd is None else (self._lock_fd,))
+            try:
+                rc = proc.wait()
+            except BaseException:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+                raise
         if rc != 0:
             tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-20:])
             raise NommuKernelError(f"make {' '.join(targets)} failed ({logfile}):\n{tail}")
