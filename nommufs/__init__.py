@@ -6,7 +6,8 @@ The public API is what this module exports, and only that::
     import nommufs
 
     nommufs.build_image("rootfs/", "rootfs.erofs", z="lz4hc", C=16384, T=0)
-    with nommufs.open_image("rootfs.erofs", mm="nommu-contig", arena="1536K") as img:
+    with nommufs.open_image("rootfs.erofs", mm="nommu-contig", decompress="percpu-buffer",
+                            arena="1536K") as img:
         img.read_file("/etc/hostname")
         for dirpath, dirnames, filenames in img.walk("/"):
             ...
