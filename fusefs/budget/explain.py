@@ -22,7 +22,8 @@ Which knob bounds what:
   ``percpu-buffer``, whose buffers are taken at mount);
 * a program's segment copied into RAM: XIP for that program (cramfs ``-X``);
 * a mount-time reservation (percpu buffers, sized from the largest
-  pcluster): ``-C`` or another strategy.
+  pcluster): ``-C`` or another strategy; the ``vmap`` strategy without an
+  MMU, which cannot mount at all: a strategy with no vmap.
 """
 
 from __future__ import annotations
@@ -107,9 +108,8 @@ class Explanation:
                 f"extent [{e.la}, {e.la + e.llen}) decodes {kib(e.llen)} at once "
                 f"from {kib(e.plen)} ({e.algorithm})"
             )
-        what = f" for {self.allocation.what}" if self.allocation is not None else ""
-        parts.append(f"needed {self.needed}{what}")
-        if self.had:
+        if self.allocation is not None:
+            parts.append(f"needed {self.needed} for {self.allocation.what}")
             parts.append(self.had)
         line = "; ".join(parts)
         if self.knobs:
@@ -184,6 +184,12 @@ def knobs(
             why = "mapped in place from flash, no contiguous copy in RAM"
         out.append(Knob("-X", f"store this program XIP (nommufs mkimage cramfs -X): {why}"))
         return tuple(out)
+    if stage == "mount" and strategy == "vmap" and mm == "nommu-contig":
+        # the model mounts no compressed EROFS so (zutil.VmapStrategy): vmap()
+        # of the global buffer is BUG() without an MMU, contiguous or not
+        novmap = [s for s in others if s in ("contig-folio", "percpu-buffer")]
+        return (Knob("--decompress", f"vmap() without an MMU is BUG(): {' or '.join(novmap)}"
+                     " mount and read with no vmap at all"),)  # fmt: skip
     if stage == "mount":
         out.append(Knob("-C", "the percpu buffers reserved at mount are sized from the largest"
                               " pcluster"))  # fmt: skip

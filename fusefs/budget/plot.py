@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 from fusefs.atomicfile import atomic_output
 from fusefs.budget.result import BudgetReport
 from fusefs.budget.samples import OWNER_KINDS
+from fusefs.budget.suggest import Suggestion
 from fusefs.errors import FsError, InvalidArgumentError, UnsupportedFeatureError
 
 if TYPE_CHECKING:
@@ -163,3 +164,53 @@ def _save(fig: Figure, out: str) -> None:
     # SVG keeps its text as text (searchable, selectable), not as outlines
     with matplotlib.rc_context({"svg.fonttype": "none"}), atomic_output(out) as f:
         fig.savefig(f, format=plot_format(out), dpi=100)
+
+
+def write_suggest_plot(s: Suggestion, out: str | os.PathLike[str]) -> None:
+    """Draw ``budget --suggest``'s variants as image bytes (flash) against
+    minimum arena (RAM), the Pareto front joined, the board's limits dashed
+    and the recommendation ringed, into ``out`` (.png, .svg, .pdf)."""
+    plot_format(out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    points = [(r, r.image_bytes, r.ram) for r in s.rows
+              if r.image_bytes is not None and r.ram is not None and r.same_as is None]  # fmt: skip
+    if not points:
+        raise FsError("--plot: no variant was measured")
+    fig, ax = plt.subplots(figsize=(9.0, 5.5))
+    try:
+        for fmt, marker in (("erofs", "o"), ("cramfs", "s")):
+            xs = [x for r, x, _y in points if r.variant.format == fmt]
+            ys = [y for r, _x, y in points if r.variant.format == fmt]
+            if xs:
+                ax.scatter(xs, ys, marker=marker, s=18, color="#4c72b0" if fmt == "erofs"
+                           else "#8172b3", alpha=0.7, label=fmt)  # fmt: skip
+        front = sorted((x, y) for r, x, y in points if r.front)
+        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="#c44e52",
+                linewidth=1.2, label="Pareto front")  # fmt: skip
+        ax.scatter([x for x, _ in front], [y for _, y in front], s=30, color="#c44e52")
+        ax.axhline(s.board.arena_bytes, color="black", linestyle="--", linewidth=0.8,
+                   label=f"board RAM {_bytes(s.board.arena_bytes)}")  # fmt: skip
+        if s.board.flash_bytes is not None:
+            ax.axvline(s.board.flash_bytes, color="grey", linestyle="--", linewidth=0.8,
+                       label=f"board flash {_bytes(s.board.flash_bytes)}")  # fmt: skip
+        rec = s.recommended
+        if rec is not None and rec.image_bytes is not None and rec.ram is not None:
+            ax.scatter([rec.image_bytes], [rec.ram], s=160, facecolors="none",
+                       edgecolors="green", linewidths=2, label="recommended")  # fmt: skip
+        ax.xaxis.set_major_formatter(FuncFormatter(_bytes))
+        ax.yaxis.set_major_formatter(FuncFormatter(_bytes))
+        ax.set_xlabel("image bytes (flash)")
+        ax.set_ylabel("minimum arena, best strategy (RAM)")
+        ax.set_title(f"{os.path.basename(s.source.rstrip('/'))}: {len(points)} images, "
+                     f"{s.board.mm}, workload {s.workload}", fontsize=10)  # fmt: skip
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        _save(fig, os.fspath(out))
+    finally:
+        plt.close(fig)

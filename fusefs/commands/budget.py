@@ -1,9 +1,12 @@
 """``nommufs budget``: does this image fit on the board, and how should it decompress?
 
+With ``--suggest`` IMAGE may be a source tree: the build options are
+searched for the image that fits the board (:mod:`fusefs.budget.suggest`).
+
 Exit status: 0 when the report was produced (a combination that fails is
 data, not an error), 1 on bad input (not an image, unreadable workload list,
 a corrupt image), 2 on a usage error, 3 with ``--fail-if-none-fits`` when no
-combination ran the whole workload.
+combination ran the whole workload (with ``--suggest``: no variant fits).
 """
 
 from __future__ import annotations
@@ -11,12 +14,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterable
 from typing import Final
 
 from fusefs.budget import BudgetReport, BudgetResult, budget, footnotes, iter_rows, kib
+from fusefs.budget.advice import suggestion_table
+from fusefs.budget.grid import (
+    ALGORITHMS,
+    DEFAULT_PCLUSTERS,
+    DEFAULT_TAILS,
+    TAILS,
+    Grid,
+    parse_list,
+    parse_sizes,
+)
+from fusefs.budget.suggest import Board, Progress, iter_progress_line, suggest
 from fusefs.cmdline import verbosity
 from fusefs.commands._common import add_image_location, parse_size
+from fusefs.errors import InvalidArgumentError
 from fusefs.vfs import DEFAULT_ARENA_BYTES, MM_MODES, PAGE_SIZE, STRATEGIES
 
 NAME: Final = "budget"
@@ -28,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_image_location(parser)
     parser.add_argument(
         "--arena",
+        "--ram",
         type=parse_size,
         default=DEFAULT_ARENA_BYTES,
         metavar="SIZE",
@@ -78,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"exit {EXIT_NONE_FITS} when no combination runs the whole workload",
     )
+    add_suggest_arguments(parser)
 
 
 def _progress(res: BudgetResult) -> None:
@@ -117,6 +135,34 @@ def format_table(report: BudgetReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_suggest_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        "--suggest", "search mkimage's options for the image that fits the board"
+    )
+    g.add_argument(
+        "--suggest",
+        action="store_true",
+        help="IMAGE is a source tree (or an image, extracted first): build the grid of "
+        "variants, find each one's minimum arena per strategy, and print them sorted by fit",
+    )
+    g.add_argument("--flash", type=parse_size, metavar="SIZE",
+                   help="the most image bytes the board's flash holds")  # fmt: skip
+    g.add_argument("--try-z", metavar="ALG,...", default=",".join(ALGORITHMS),
+                   help=f"EROFS compressors to try (default: {','.join(ALGORITHMS)})")  # fmt: skip
+    g.add_argument("--try-C", metavar="BYTES,...",
+                   default=",".join(str(c) for c in DEFAULT_PCLUSTERS),
+                   help="EROFS pcluster sizes to try (default: %(default)s)")  # fmt: skip
+    g.add_argument("--try-max-extent", metavar="BYTES|unbounded,...", default="65536,unbounded",
+                   help="EROFS --max-extent-bytes to try (default: %(default)s)")  # fmt: skip
+    g.add_argument("--try-tail", metavar="TAIL,...", default=",".join(DEFAULT_TAILS),
+                   help=f"EROFS tail packing to try ({', '.join(TAILS)}; "
+                   "default: %(default)s)")  # fmt: skip
+    g.add_argument("--try-format", metavar="FMT,...", default="erofs,cramfs",
+                   help="image formats to try (default: %(default)s)")  # fmt: skip
+    g.add_argument("-j", "--jobs", type=int, default=2, metavar="N",
+                   help="worker processes for builds and replays (default: 2)")  # fmt: skip
+
+
 def _grouped(items: Iterable[tuple[str, str]]) -> list[str]:
     """``label: text`` lines, one per distinct text, naming every label that has it."""
     groups: dict[str, list[str]] = {}
@@ -130,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         from fusefs.budget.plot import plot_format
 
         plot_format(args.plot)  # a bad extension fails before the replay
+    if args.suggest:
+        return run_suggest(args)
     report = budget(
         args.image,
         arena_bytes=args.arena,
@@ -156,5 +204,63 @@ def run(args: argparse.Namespace) -> int:
         if args.plot is not None:
             sys.stdout.write(f"plot: {args.plot}\n")
     if args.fail_if_none_fits and not any(r.ok for r in report.results):
+        return EXIT_NONE_FITS
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> Grid:
+    return Grid(
+        algorithms=parse_list("--try-z", args.try_z, ALGORITHMS),
+        pclusters=parse_sizes("--try-C", args.try_C),
+        extents=parse_sizes("--try-max-extent", args.try_max_extent, unbounded=True),
+        tails=parse_list("--try-tail", args.try_tail, TAILS),
+        formats=tuple(
+            "erofs" if f == "erofs" else "cramfs"
+            for f in parse_list("--try-format", args.try_format, ("erofs", "cramfs"))
+        ),
+    )
+
+
+def _bar(state: Progress) -> None:
+    """One progress line on stderr, redrawn in place."""
+    line = ", ".join(iter_progress_line(state, time.monotonic()))
+    sys.stderr.write(f"\r\x1b[Knommufs budget --suggest: {line}")
+    sys.stderr.flush()
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    """``--suggest``: the search, its table (or JSON) and plot."""
+    mms = tuple(dict.fromkeys(args.mm or ("nommu-contig",)))
+    if len(mms) > 1:
+        raise InvalidArgumentError("--suggest: give one --mm, the board's (default nommu-contig)")
+    if args.offset:
+        raise InvalidArgumentError("--suggest: --offset does not apply (IMAGE is a source)")
+    board = Board(args.arena, args.flash, mms[0])
+    tty = sys.stderr.isatty()
+    result = suggest(
+        args.image,
+        board,
+        workload=args.workload,
+        grid=_grid(args),
+        strategies=tuple(dict.fromkeys(args.decompress)) if args.decompress else None,
+        jobs=args.jobs,
+        progress=_bar if tty else None,
+    )
+    if tty:
+        sys.stderr.write("\r\x1b[K")
+    if args.plot is not None:
+        from fusefs.budget.plot import write_suggest_plot
+
+        write_suggest_plot(result, args.plot)
+    if args.json:
+        doc = result.to_json()
+        doc["plot"] = args.plot
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(suggestion_table(result))
+        if args.plot is not None:
+            sys.stdout.write(f"plot: {args.plot}\n")
+    if args.fail_if_none_fits and result.recommended is None:
         return EXIT_NONE_FITS
     return 0
