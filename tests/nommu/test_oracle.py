@@ -9,9 +9,14 @@ kernel"); anything beyond them fails.
 from __future__ import annotations
 
 import errno
+import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from fusefs.nommu.cases import CASES
 from fusefs.nommu.oracle import Comparison, Workspace, boot_floor, with_min_ram
 from tests.nommu.conftest import BUILD_TIMEOUT
 
@@ -134,3 +139,24 @@ def test_bounce_patch_mounts_and_reads_compressed_erofs(
     assert model.vmap_failures == 0 and model.lost_writes == 0
     assert 0 < model.bounce_vmaps < c["vmap_bounced"]
     assert model.bounce_bytes < c["vmap_bounce_bytes"]
+
+
+def test_the_script_boots_an_image(workspace: Workspace) -> None:
+    """scripts/nommu-kernel run: JSON on stdout, exit 0 when the run went through,
+    1 when the kernel did not (here: the BUG at mount), 1 with one line for a bad path."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "nommu-kernel"
+    env = {**os.environ, "NOMMUFS_CACHE": str(workspace.builder.root)}
+    ok = subprocess.run([str(script), "run", str(workspace.image(CASES["cramfs-xip"])), "--flash",
+                         "--exec", "/bin/ls", "--json"], capture_output=True, env=env,
+                        timeout=120, check=False)
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["outcome"] == "ok" and doc["segments"][0][0] == "/bin/ls"
+    bug = subprocess.run([str(script), "run", str(workspace.image(CASES["erofs-plain"])),
+                          "--variant", "zip-y"], capture_output=True, env=env, timeout=120,
+                         check=False)
+    assert bug.returncode == 1 and b"kernel BUG at mm/nommu.c" in bug.stdout
+    missing = subprocess.run([str(script), "run", "/nonexistent.img"], capture_output=True,
+                             env=env, timeout=60, check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.decode().strip() == "nommu-kernel: /nonexistent.img: no such file"
