@@ -143,7 +143,9 @@ class CramfsFilesystem(Filesystem):
             for ent in iter_dir(self.image, self.endian, node.inode, self.limit):
                 if ent.name in node.children:
                     raise CorruptImageError(
-                        f"duplicate name {ent.name!r}", structure="cramfs dirent", offset=ent.pos
+                        f"duplicate name {escape(ent.name)}",
+                        structure="cramfs dirent",
+                        offset=ent.pos,
                     )
                 node.children[ent.name] = ent.pos
                 node.order.append(ent)
@@ -327,7 +329,7 @@ class CramfsFilesystem(Filesystem):
 
     def getxattr(self, ino: Ino, name: bytes) -> bytes:
         self._node(ino)
-        raise NoAttributeError(f"cramfs has no extended attributes ({name!r})")
+        raise NoAttributeError(f"cramfs has no extended attributes ({escape(name)})")
 
     def statfs(self) -> FsStat:
         sb = self.si.sb

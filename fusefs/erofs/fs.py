@@ -137,9 +137,7 @@ class ErofsFilesystem(Filesystem):
         self.arena = self.reader.arena
         self.sequential = SequentialReads()
         try:
-            self.zdata = ZData(
-                self.reader, image, self.sbi, memory.decompress, self._read_fragment
-            )
+            self.zdata = ZData(self.reader, image, self.sbi, memory.decompress, self._read_fragment)
         except BaseException:
             self.reader.close()
             raise
@@ -154,9 +152,7 @@ class ErofsFilesystem(Filesystem):
                     structure="erofs superblock",
                     nid=root.nid,
                 )
-            self.prefixes = read_long_prefixes(
-                image, self.sbi, self.metabox, self._read_fragment
-            )
+            self.prefixes = read_long_prefixes(image, self.sbi, self.metabox, self._read_fragment)
         except BaseException:
             self._close_memory()
             raise
@@ -375,7 +371,7 @@ class ErofsFilesystem(Filesystem):
     def lookup(self, parent: Ino, name: bytes) -> Ino:
         d = self._dir(parent)
         if not name or len(name) > f.EROFS_NAME_LEN or b"/" in name:
-            raise NotFoundError(f"{name!r}: no such entry")
+            raise NotFoundError(f"{escape(name)}: no such entry")
         rec = find_entry(
             lambda b: self._dir_block(d, b), dir_nblocks(d.size, self.sbi.block_size), name
         )
@@ -561,12 +557,13 @@ class ErofsFilesystem(Filesystem):
                 for _key, rec in iter_entries(get, nblocks):
                     name = rec.name
                     if prev is not None and name <= prev:
-                        yield f"nid {nid}: wrong dirent name order ({prev!r} then {name!r})"
+                        order = f"{escape(prev)} then {escape(name)}"
+                        yield f"nid {nid}: wrong dirent name order ({order})"
                     prev = name
                     if b"/" in name or b"\0" in name:
-                        yield f"nid {nid}: invalid name {name!r}"
+                        yield f"nid {nid}: invalid name {escape(name)}"
                     if rec.file_type >= f.EROFS_FT_MAX:
-                        yield f"nid {nid}: {name!r} has file type {rec.file_type}"
+                        yield f"nid {nid}: {escape(name)} has file type {rec.file_type}"
                     if name in (b".", b".."):
                         dots[name] = rec.nid
                         continue
@@ -574,11 +571,11 @@ class ErofsFilesystem(Filesystem):
                     try:
                         child = self._inode(Nid(rec.nid))
                     except FsError as e:
-                        yield f"nid {nid}: {name!r}: {e}"
+                        yield f"nid {nid}: {escape(name)}: {e}"
                         continue
                     if rec.file_type and f.ftype_from_mode(child.mode) != rec.file_type:
                         yield (
-                            f"nid {nid}: {name!r} dirent type {rec.file_type} "
+                            f"nid {nid}: {escape(name)} dirent type {rec.file_type} "
                             f"disagrees with mode {child.mode:#o}"
                         )
                     if child.is_dir:
@@ -589,7 +586,7 @@ class ErofsFilesystem(Filesystem):
                             if zmap is not None:
                                 zmap.verify()
                         except FsError as e:
-                            yield f"nid {rec.nid} ({name!r}): {e}"
+                            yield f"nid {rec.nid} ({escape(name)}): {e}"
                 if d.dot_omitted and b"." in dots:
                     yield f"nid {nid}: '.' stored in a directory marked dot-omitted"
                 elif not d.dot_omitted and dots.get(b".") != nid:
