@@ -372,6 +372,19 @@ class Filesystem(abc.ABC):
         format whose st_blocks follows the size (cramfs) overrides it."""
         return self.getattr(ino).blocks * 512
 
+    def data_ranges(self, ino: Ino) -> Iterator[tuple[int, int]]:
+        """``(offset, length)`` of the parts of the regular file ``ino`` that
+        may hold bytes other than zeros, in order, not overlapping; every
+        byte outside them is a hole the format's index says is zeros (as
+        ``SEEK_DATA``/``SEEK_HOLE`` tell).  Readers of a whole file (``fsck``,
+        ``extract``, ``cat``) read only these, so the work follows what the
+        image stores, not the size it claims.  The default: all of the file.
+        A format overrides it from its block index; the ranges it gives are
+        bounded in number by the image's size."""
+        size = self.getattr(ino).size
+        if size:
+            yield 0, size
+
     def fsck_extra(self) -> Iterator[str]:
         """Format-specific structural problems a tree walk would not notice
         (dirent order, superblock counts, unreferenced areas), one line each.

@@ -29,6 +29,8 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from fusefs.erofs import format as f
 from fusefs.erofs.data import (
+    ENCODED,
+    FRAGMENT,
     MAPPED,
     META,
     PARTIAL_REF,
@@ -53,6 +55,7 @@ from fusefs.erofs.zmap import ZMap, trailer_end
 from fusefs.errors import (
     CorruptImageError,
     FsError,
+    InvalidArgumentError,
     IsADirectoryFsError,
     NoAttributeError,
     NotADirectoryFsError,
@@ -492,6 +495,28 @@ class ErofsFilesystem(Filesystem):
         }
 
     @_clean_errors
+    def data_ranges(self, ino: Ino) -> Iterator[tuple[int, int]]:
+        """From the extent map: chunks and plain files whose block address is
+        the null address, and compressed holes, are holes (one map per chunk
+        or extent, and each is a record in the image: the walk is bounded
+        by the image's size, whatever ``i_size`` claims)."""
+        with self.lock:
+            inode, zmap = self._load(self.nid_of(ino))
+            if not inode.is_reg:
+                raise InvalidArgumentError(f"nid {inode.nid}: not a regular file")
+            maps = [m for m in iter_maps(self.image, self.sbi, inode, zmap)
+                    if m.flags & (MAPPED | ENCODED | FRAGMENT)]  # fmt: skip
+        pending: tuple[int, int] | None = None  # [start, end) of data so far
+        for m in maps:
+            if pending is not None and pending[1] == m.la:
+                pending = (pending[0], m.end)
+                continue
+            if pending is not None:
+                yield pending[0], pending[1] - pending[0]
+            pending = (m.la, m.end)
+        if pending is not None:
+            yield pending[0], pending[1] - pending[0]
+
     def describe_inode(self, ino: Ino) -> dict[str, Any]:
         with self.lock:
             inode, zmap = self._load(self.nid_of(ino))
