@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
 
-from fusefs.errors import InvalidArgumentError
+from fusefs.errors import CorruptImageError, InvalidArgumentError
 from fusefs.vfs import (
     DEFAULT_ARENA_BYTES,
     MM_MODES,
     STRATEGIES,
     Filesystem,
+    Ino,
     MemoryConfig,
     open_image,
 )
@@ -79,6 +81,25 @@ def add_image_location(parser: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="where the filesystem starts inside IMAGE (default: 0)",
     )
+
+
+CHUNK = 1 << 20
+
+
+def read_data(fs: Filesystem, ino: Ino, size: int) -> Iterator[tuple[int, bytes]]:
+    """``(offset, bytes)`` of every part of a regular file that is not a
+    hole (:meth:`~fusefs.vfs.Filesystem.data_ranges`), in pieces of at most
+    ``CHUNK``: a reader of the whole file does work in proportion to what
+    the image stores, not to the size it claims.  A short read is
+    CorruptImageError naming where the data ended."""
+    for start, length in fs.data_ranges(ino):
+        pos, end = start, min(start + length, size)
+        while pos < end:
+            data = fs.read(ino, pos, min(CHUNK, end - pos))
+            if not data:
+                raise CorruptImageError(f"data ends at {pos}, size is {size}")
+            yield pos, data
+            pos += len(data)
 
 
 def open_from_args(args: argparse.Namespace) -> Filesystem:

@@ -1,22 +1,52 @@
-"""``nommufs cat``: copy a file of an image to standard output."""
+"""``nommufs cat``: copy a file of an image to standard output.
+
+When standard output is a regular file (``nommufs cat IMG PATH > file``),
+the holes the image's index declares are seeked over, as ``cp --sparse``
+does: a file that claims 8 TiB of one hole costs nothing.  Into a pipe or
+a terminal the holes are written as zeros, as cat(1) writes them."""
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
+import stat
 import sys
+from typing import BinaryIO
 
-from fusefs.commands._common import add_image_arguments, open_from_args
+from fusefs.commands._common import CHUNK, add_image_arguments, open_from_args, read_data
+from fusefs.commands.extract import write_sparse
 from fusefs.errors import InvalidArgumentError, IsADirectoryFsError
-from fusefs.vfs import resolve
+from fusefs.vfs import Filesystem, Ino, resolve
 
 NAME = "cat"
 HELP = "print a file of an image"
-CHUNK = 1 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_image_arguments(parser)
     parser.add_argument("path", metavar="PATH", help="file inside the image")
+
+
+def _seekable_file(fd: int) -> bool:
+    """A regular file we may seek in (not opened for appending)."""
+    return stat.S_ISREG(os.fstat(fd).st_mode) and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+
+
+def _stream(fs: Filesystem, ino: Ino, size: int, out: BinaryIO) -> None:
+    """Every byte in order, holes as zeros."""
+    done = 0
+    for pos, data in read_data(fs, ino, size):
+        while done < pos:
+            n = min(CHUNK, pos - done)
+            out.write(bytes(n))
+            done += n
+        out.write(data)
+        done = pos + len(data)
+    while done < size:
+        n = min(CHUNK, size - done)
+        out.write(bytes(n))
+        done += n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,12 +58,14 @@ def run(args: argparse.Namespace) -> int:
             raise IsADirectoryFsError(f"{args.path}: is a directory")
         if not attr.is_reg:
             raise InvalidArgumentError(f"{args.path}: not a regular file")
-        pos = 0
-        while pos < attr.size:
-            data = fs.read(ino, pos, min(CHUNK, attr.size - pos))
-            if not data:
-                break
-            out.write(data)
-            pos += len(data)
         out.flush()
+        fd = out.fileno()
+        if _seekable_file(fd):
+            base = os.lseek(fd, 0, os.SEEK_CUR)
+            write_sparse(fd, read_data(fs, ino, attr.size), base)
+            os.ftruncate(fd, max(base + attr.size, os.fstat(fd).st_size))
+            os.lseek(fd, base + attr.size, os.SEEK_SET)
+        else:
+            _stream(fs, ino, attr.size, out)
+            out.flush()
     return 0

@@ -24,17 +24,17 @@ import errno
 import os
 import stat
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fusefs.atomicfile import atomic_directory
-from fusefs.commands._common import add_image_arguments, open_from_args
+from fusefs.commands._common import add_image_arguments, open_from_args, read_data
 from fusefs.errors import FsError, InvalidArgumentError
 from fusefs.names import escape, one_line, show_path
 from fusefs.vfs import Attr, Filesystem, Ino, WalkItem, walk
 
 NAME = "extract"
 HELP = "extract an image's files into a new directory"
-CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -171,18 +171,7 @@ class _Extractor:
     def _file(self, dfd: int, name: bytes, path: bytes, attr: Attr, ino: Ino) -> None:
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dfd)
         try:
-            pos = 0
-            while pos < attr.size:
-                data = self.fs.read(ino, pos, min(CHUNK, attr.size - pos))
-                if not data:
-                    raise FsError(f"{show_path(path)}: data ends at {pos}, size is {attr.size}")
-                if data.count(0) == len(data):
-                    os.lseek(fd, len(data), os.SEEK_CUR)  # keep holes holes
-                else:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                pos += len(data)
+            write_sparse(fd, read_data(self.fs, ino, attr.size))
             os.ftruncate(fd, attr.size)
             self._meta_fd(fd, path, attr, ino)
         finally:
@@ -197,6 +186,19 @@ class _Extractor:
             fd = self._dirfd(path)
             self._meta_fd(fd, path, attr, ino)
         self.close()
+
+
+def write_sparse(fd: int, pieces: Iterator[tuple[int, bytes]], base: int = 0) -> None:
+    """Write each ``(offset, bytes)`` at ``base + offset`` of the file ``fd``,
+    seeking over holes (and over pieces of zeros), as ``cp --sparse``: the
+    caller sets the size (ftruncate) afterwards."""
+    for pos, data in pieces:
+        if data.count(0) == len(data):
+            continue  # zeros stay a hole
+        os.lseek(fd, base + pos, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def extract(

@@ -7,7 +7,10 @@ import errno
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -114,3 +117,51 @@ def test_names_are_escaped_everywhere(tmp_path: Path) -> None:
     r = nommufs("cat", str(NAMES), "esc/\x1b]0;title\x07")
     assert r.returncode == 1
     assert r.stderr.decode() == "nommufs cat: \\x1b]0;title\\x07: no such entry\n"
+
+
+def _cat_into(out: BinaryIO, image: str, path: str) -> subprocess.CompletedProcess[bytes]:
+    cmd = [sys.executable, "-m", "fusefs", "cat", image, path]
+    return subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, timeout=20, check=False)
+
+
+def test_a_claimed_8_tib_hole_costs_nothing(tmp_path: Path) -> None:
+    """2^43 bytes of one hole chunk in an 8 KiB image: the data ranges say so,
+    and fsck, extract and cat into a file finish at once, holes left holes."""
+    assert HOLE.stat().st_size == 8192
+    with open_image(HOLE) as fs:
+        ino = resolve(fs, "hole")
+        assert fs.getattr(ino).size == 1 << 43
+        assert list(fs.data_ranges(ino)) == []
+        assert fs.read(ino, (1 << 43) - 10, 100) == bytes(10)
+    r = nommufs("fsck", str(HOLE), timeout=20)
+    assert r.returncode == 0 and b"0 bytes of data read" in r.stdout, r.stderr
+    r = nommufs("extract", str(HOLE), str(tmp_path / "x"), timeout=20)
+    assert r.returncode == 0, r.stderr
+    st = os.stat(tmp_path / "x" / "hole")
+    assert st.st_size == 1 << 43 and st.st_blocks == 0
+    with open(tmp_path / "cat.out", "wb") as out:
+        r = _cat_into(out, str(HOLE), "hole")
+    assert r.returncode == 0, r.stderr
+    st = os.stat(tmp_path / "cat.out")
+    assert st.st_size == 1 << 43 and st.st_blocks == 0
+
+
+def test_cat_into_a_file_keeps_the_data_and_the_holes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.write(b"head")
+        f.seek(3 << 20)
+        f.write(b"tail")
+    img = tmp_path / "s.img"
+    corpus.mkimage(img, src, "--chunksize", "4096")
+    with open(tmp_path / "out", "wb") as out:
+        out.write(b"x" * 10)  # cat appends where the file offset is, as cat(1)
+        out.flush()
+        r = _cat_into(out, str(img), "sparse")
+    assert r.returncode == 0, r.stderr
+    data = (tmp_path / "out").read_bytes()
+    assert data == b"x" * 10 + (src / "sparse").read_bytes()
+    assert os.stat(tmp_path / "out").st_blocks * 512 < 1 << 20
+    piped = nommufs("cat", str(img), "sparse").stdout
+    assert piped == (src / "sparse").read_bytes()
