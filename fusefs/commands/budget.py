@@ -143,7 +143,8 @@ def add_suggest_arguments(parser: argparse.ArgumentParser) -> None:
         "--suggest",
         action="store_true",
         help="IMAGE is a source tree (or an image, extracted first): build the grid of "
-        "variants, find each one's minimum arena per strategy, and print them sorted by fit",
+        "variants, find each one's minimum arena per strategy for the board's one --mm "
+        "(default nommu-contig), and print them sorted by fit",
     )
     g.add_argument("--flash", type=parse_size, metavar="SIZE",
                    help="the most image bytes the board's flash holds")  # fmt: skip
