@@ -15,8 +15,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 from fusefs.budget import BudgetReport, BudgetResult, budget, footnotes, iter_rows, kib
 from fusefs.budget.advice import suggestion_table
@@ -195,18 +195,23 @@ def run(args: argparse.Namespace) -> int:
         from fusefs.budget.plot import write_plot
 
         write_plot(report, args.plot)
-    if args.json:
-        doc = report.to_json()
-        doc["plot"] = args.plot
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(format_table(report))
-        if args.plot is not None:
-            sys.stdout.write(f"plot: {args.plot}\n")
+    _emit(args, report.to_json() if args.json else None, lambda: format_table(report))
     if args.fail_if_none_fits and not any(r.ok for r in report.results):
         return EXIT_NONE_FITS
     return 0
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any] | None, text: Callable[[], str]) -> None:
+    """``doc`` as one JSON document (with ``--json``), else the table ``text()``
+    gives; either way naming the plot written."""
+    if doc is not None:
+        doc["plot"] = args.plot
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    sys.stdout.write(text())
+    if args.plot is not None:
+        sys.stdout.write(f"plot: {args.plot}\n")
 
 
 def _grid(args: argparse.Namespace) -> Grid:
@@ -253,15 +258,7 @@ def run_suggest(args: argparse.Namespace) -> int:
         from fusefs.budget.plot import write_suggest_plot
 
         write_suggest_plot(result, args.plot)
-    if args.json:
-        doc = result.to_json()
-        doc["plot"] = args.plot
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(suggestion_table(result))
-        if args.plot is not None:
-            sys.stdout.write(f"plot: {args.plot}\n")
+    _emit(args, result.to_json() if args.json else None, lambda: suggestion_table(result))
     if args.fail_if_none_fits and result.recommended is None:
         return EXIT_NONE_FITS
     return 0
