@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from fusefs.elf import PF_R, PF_W, PF_X, headers_end, is_elf_program, load_segments
 from fusefs.errors import Allocation, FsError, OutOfMemoryError, UnsupportedFeatureError
+from fusefs.names import escape
 from fusefs.vfs import Filesystem, Ino, walk
 from mmshim import PAGE_SIZE, AllocError
 from mmshim.mmap import (
@@ -113,7 +114,7 @@ def map_executables(fs: Filesystem) -> list[ExecReport]:
 
 
 def _load(fs: Filesystem, file: MmapFile, path: bytes, size: int, ino: Ino) -> ExecReport:
-    report = ExecReport(path.decode(errors="backslashreplace"), size)
+    report = ExecReport(escape(path), size)  # shown in messages: one escaping convention
     arena = fs.arena  # a mappable file maps through its image's arena
     # a loader reads the headers (normally all in the first page), not the file
     data = fs.read(ino, 0, min(size, PAGE_SIZE))
