@@ -1,7 +1,8 @@
 """What the fuzz targets do with one input, and the invariants they check.
 
 A format target (``erofs``, ``cramfs``) takes the input as an image: opens
-it, walks it, reads every file (bounded: see :func:`read_file`), every
+it, walks it, reads every file (its data ranges, checked, then bounded
+reads: see :func:`read_file`), every
 symlink and every xattr, looks names up, describes inodes, asks the format's
 own fsck checks, closes it.  The invariants, any breach of which is a crash
 the fuzzer keeps:
@@ -99,19 +100,33 @@ def fix_checksums(data: bytes) -> bytes:
     return bytes(out)
 
 
+def data_ranges(fs: Filesystem, i: Ino, size: int) -> list[tuple[int, int]]:
+    """The file's data ranges, checked: in order, not overlapping, not empty,
+    inside the file."""
+    ranges = list(fs.data_ranges(i))
+    end = 0
+    for start, length in ranges:
+        if start < end or length <= 0 or start + length > size:
+            raise InvariantError(f"ino {int(i)}: data ranges {ranges[:8]} for size {size}")
+        end = start + length
+    return ranges
+
+
 def read_file(fs: Filesystem, i: Ino, size: int, budget: list[int]) -> None:
-    """The first ``READ_HEAD`` bytes of a file, then probes in its middle and
-    at its end, within the image's ``budget`` (bytes left to read)."""
+    """The first ``READ_HEAD`` bytes of each data range (holes cost nothing,
+    as for fsck), then probes in the file's middle and at its end, within
+    the image's ``budget`` (bytes left to read)."""
     ino = int(i)
-    pos = 0
-    while pos < min(size, READ_HEAD) and budget[0] > 0:
-        chunk = fs.read(i, pos, min(64 << 10, budget[0]))
-        if not chunk:
-            break
-        if len(chunk) > size - pos:
-            raise InvariantError(f"ino {ino}: read {len(chunk)} bytes at {pos} past size {size}")
-        pos += len(chunk)
-        budget[0] -= len(chunk)
+    for start, length in data_ranges(fs, i, size):
+        pos, end = start, start + min(length, READ_HEAD)
+        while pos < end and budget[0] > 0:
+            chunk = fs.read(i, pos, min(64 << 10, end - pos, budget[0]))
+            if not chunk:
+                break
+            if len(chunk) > size - pos:
+                raise InvariantError(f"ino {ino}: read {len(chunk)} bytes at {pos}, size {size}")
+            pos += len(chunk)
+            budget[0] -= len(chunk)
     for at in (size // 2, max(0, size - READ_PROBE), size, size + 1):
         got = fs.read(i, at, READ_PROBE)
         if len(got) > max(0, size - at):
