@@ -47,6 +47,7 @@ from fusefs.cramfs.super import probe, read_super
 from fusefs.errors import (
     CorruptImageError,
     FsError,
+    InvalidArgumentError,
     IsADirectoryFsError,
     NoAttributeError,
     NotADirectoryFsError,
@@ -315,6 +316,26 @@ class CramfsFilesystem(Filesystem):
                     self.cache.release(page)
             pos += n
         return bytes(out)
+
+    def data_ranges(self, ino: Ino) -> Iterator[tuple[int, int]]:
+        """Blocks whose pointer says hole (``mkcramfs -z``: no stored bytes)
+        are holes; one pointer per 4 KiB block, all inside the image."""
+        node = self._node(ino)
+        if not stat.S_ISREG(node.inode.mode):
+            raise InvalidArgumentError(f"cramfs inode {ino}: not a regular file")
+        bm = self.blockmap(ino)
+        start = end = -1
+        for i in range(bm.nr):
+            if bm.extent(i).hole:
+                continue
+            lo, hi = i * CRAMFS_BLOCK_SIZE, min((i + 1) * CRAMFS_BLOCK_SIZE, bm.size)
+            if lo != end:
+                if end > start:
+                    yield start, end - start
+                start = lo
+            end = hi
+        if end > start:
+            yield start, end - start
 
     def readlink(self, ino: Ino) -> bytes:
         node = self._node(ino)

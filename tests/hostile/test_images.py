@@ -165,3 +165,24 @@ def test_cat_into_a_file_keeps_the_data_and_the_holes(tmp_path: Path) -> None:
     assert os.stat(tmp_path / "out").st_blocks * 512 < 1 << 20
     piped = nommufs("cat", str(img), "sparse").stdout
     assert piped == (src / "sparse").read_bytes()
+
+
+def test_cramfs_holes_are_data_ranges_too(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.write(b"head")
+        f.seek(5 << 20)
+        f.write(b"tail")
+    img = tmp_path / "c.img"
+    r = nommufs("mkimage", "cramfs", "-z", str(src), str(img))
+    assert r.returncode == 0, r.stderr
+    with open_image(img) as fs:
+        assert list(fs.data_ranges(resolve(fs, "sparse"))) == [(0, 4096), (5 << 20, 4)]
+    r = nommufs("fsck", str(img))
+    assert r.returncode == 0 and b"4100 bytes of data read" in r.stdout, r.stdout
+    r = nommufs("extract", str(img), str(tmp_path / "x"))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "x" / "sparse"
+    assert out.read_bytes() == (src / "sparse").read_bytes()
+    assert os.stat(out).st_blocks * 512 <= 64 << 10
