@@ -68,10 +68,18 @@ def recommendation(s: Suggestion) -> list[str]:
     rec = s.recommended
     if rec is not None and rec.best is not None and rec.image_bytes is not None:
         strategy = rec.best.strategy or "(cramfs: one way)"
-        return [
+        lines = [
             f"recommended: fits in {board} ({b.mm}): {rec.variant.command()}; "
             f"strategy {strategy}; {kib(rec.ram or 0)} RAM, {kib(rec.image_bytes)} image"
         ]
+        if s.fails_above_min:
+            shown = ", ".join(kib(n) for n in s.fails_above_min[:4])
+            fits = "no sampled size" if s.fits_from_bytes is None else kib(s.fits_from_bytes)
+            lines.append(
+                f"  (fragmentation: it fails again at {shown} above that minimum; every sampled"
+                f" size from {fits} up fits -- budget for that)"
+            )
+        return lines
     measured = [r for r in s.rows if r.ram is not None]
     lines = [f"nothing in the grid fits {board} ({b.mm})"]
     if measured:

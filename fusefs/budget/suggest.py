@@ -36,7 +36,7 @@ from typing import Any
 
 from fusefs.budget.explain import Explanation
 from fusefs.budget.grid import Grid, Variant
-from fusefs.budget.minimum import find_min_arena
+from fusefs.budget.minimum import find_fits_from, find_min_arena
 from fusefs.budget.replay import Prober, default_combinations, replay
 from fusefs.budget.result import Combination
 from fusefs.budget.workload import load_workload, parse_workload
@@ -116,6 +116,7 @@ class Row:
     measured: dict[str, Measured] = field(default_factory=dict)  # by strategy ("-": none)
     exec: Measured | None = None  # cramfs with programs: loading them all
     front: bool = False
+    image: str | None = None  # the built image measured (while the search runs)
 
     @property
     def best(self) -> Measured | None:
@@ -189,6 +190,10 @@ class Suggestion:
     seconds: float
     builds: int
     replays: int
+    # the recommendation's sizes above its minimum (find_fits_from): those that
+    # failed again (fragmentation) and the size from which every sampled one fits
+    fails_above_min: list[int] = field(default_factory=list)
+    fits_from_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         rec = self.recommended
@@ -204,6 +209,8 @@ class Suggestion:
             "replays": self.replays,
             "seconds": round(self.seconds, 1),
             "recommended": None if rec is None else rec.to_json(self.board),
+            "recommended_fails_above_min": self.fails_above_min,
+            "recommended_fits_from_bytes": self.fits_from_bytes,
             "rows": [r.to_json(self.board) for r in self.rows],
         }
 
@@ -345,11 +352,26 @@ def suggest(
         rows = [Row(v) for v in variants]
         t0 = time.monotonic()
         done = _search(rows, tree, tmp, board, workload, strategies, facts, jobs, progress)
-    recommended = order_rows(rows, board)
+        recommended = order_rows(rows, board)
+        fails, fits_from = _above_min(recommended, workload, board)
     return Suggestion(
         src, board, workload, tuple(strategies or STRATEGIES), rows, recommended,
-        time.monotonic() - t0, done.built, done.replays_done,
+        time.monotonic() - t0, done.built, done.replays_done, fails, fits_from,
     )  # fmt: skip
+
+
+def _above_min(row: Row | None, workload: str, board: Board) -> tuple[list[int], int | None]:
+    """find-min's check of the sizes above the pick's minimum: a strategy
+    needing high-order blocks may fail again a few pages up (fragmentation)."""
+    best = None if row is None else row.best
+    if row is None or best is None or row.image is None or best.min_arena_bytes is None:
+        return [], None
+    kind, source = parse_workload(workload)
+    with open_image(row.image, MemoryConfig()) as fs:
+        work = load_workload(fs, kind, source)
+    probe = Prober(row.image, work, Combination(board.mm, best.strategy))
+    fits_from, fails, _probes = find_fits_from(probe, best.min_arena_bytes, board.arena_bytes)
+    return fails, fits_from
 
 
 def _extracted(image: str, dest: str) -> str:
@@ -402,7 +424,7 @@ def _search(
                     except (BuildError, FsError, OSError) as e:
                         row.error = str(e)
                         continue
-                    row.image_bytes, row.digest = built.size, built.digest
+                    row.image_bytes, row.digest, row.image = built.size, built.digest, built.path
                     if built.digest in by_digest:
                         row.same_as = by_digest[built.digest].variant
                         continue
@@ -439,6 +461,7 @@ def _search(
             continue
         twin = by_digest[row.digest]
         row.measured, row.exec, row.over_flash = twin.measured, twin.exec, twin.over_flash
+        row.image = twin.image
         head = first.setdefault(row.digest, row)
         row.same_as = None if head is row else head.variant
     return state

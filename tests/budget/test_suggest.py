@@ -148,6 +148,9 @@ def test_suggestion_fits_where_the_default_build_fails(tmp_path: Path, mounter: 
     best, ram = rec.best, rec.ram
     assert best is not None and best.strategy is not None and ram is not None
     assert "--max-extent-bytes 65536" in rec.variant.command()
+    if first.fails_above_min:  # the pick's sizes above its minimum, checked
+        assert first.fits_from_bytes is None or first.fits_from_bytes > ram
+        assert all(n > ram for n in first.fails_above_min)
     # build it as the table says, from the command line, and replay it
     built = tmp_path / "suggested.img"
     argv = rec.variant.argv(str(built), str(src))
