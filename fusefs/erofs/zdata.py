@@ -100,27 +100,23 @@ class ZData:
         again) when it is read."""
         nid = inode.nid
         self.mem.reclaim()
-        lo, hi = p * PS, min((p + 1) * PS, inode.size)
-        rec = self.pending.get((nid, p))
-        have = rec[1] if rec is not None else []
-        maps = []
-        pos = lo
-        while pos < hi:
-            m = zmap.map(pos)
-            if m.flags & FRAGMENT:
-                m = _clip_fragment(m, lo)
-            if not have or not _covers(have, max(m.la, lo), min(m.end, hi)):
-                maps.append(m)
-            pos = m.end
-        if not maps:
-            raise CorruptImageError(f"page {p} maps to no data", structure="erofs data", nid=nid)
         limit = max(p_end, p + 1) * PS if p_end is not None else inode.size
         # Fragments first: reading one reads the packed inode, through this
         # same path and strategy (its buffers, its reclaim), so it must be
-        # done before this fill takes any page or buffer of its own.
-        self._fragments = {
-            m.la: self.read_fragment(m.fragmentoff, m.llen) for m in maps if m.flags & FRAGMENT
-        }
+        # done before this fill takes any page or buffer of its own.  That
+        # read may also push this page's own pending record out (pending is
+        # bounded), and then the page needs again the extents the record
+        # held: so what the page needs is decided after the fragments are
+        # read, and any fragment it then needs besides is read too.
+        fragments: dict[int, bytes] = {}
+        while True:
+            maps = self._extents_needed(inode, zmap, p)
+            missing = [m for m in maps if m.flags & FRAGMENT and m.la not in fragments]
+            if not missing:
+                break
+            for m in missing:
+                fragments[m.la] = self.read_fragment(m.fragmentoff, m.llen)
+        self._fragments = fragments
         try:
             page, upto = self.strategy.run(self, inode, maps, p, limit)
         except OutOfMemoryError as e:  # say which extents the failed decode was for
@@ -132,6 +128,27 @@ class ZData:
             self.mem.cache.release(page)
             raise CorruptImageError(f"page {p} was not filled", structure="erofs data", nid=nid)
         return page, upto
+
+    def _extents_needed(self, inode: ErofsInode, zmap: ZMap, p: int) -> list[Map]:
+        """The extents overlapping page ``p`` that its pending record (bytes
+        already written by a neighbouring extent) does not cover."""
+        lo, hi = p * PS, min((p + 1) * PS, inode.size)
+        rec = self.pending.get((inode.nid, p))
+        have = rec[1] if rec is not None else []
+        maps = []
+        pos = lo
+        while pos < hi:
+            m = zmap.map(pos)
+            if m.flags & FRAGMENT:
+                m = _clip_fragment(m, lo)
+            if not have or not _covers(have, max(m.la, lo), min(m.end, hi)):
+                maps.append(m)
+            pos = m.end
+        if not maps:
+            raise CorruptImageError(
+                f"page {p} maps to no data", structure="erofs data", nid=inode.nid
+            )
+        return maps
 
     # -- what the strategies share ---------------------------------------------------
 
