@@ -342,6 +342,13 @@ class Filesystem(abc.ABC):
         False for formats whose metadata is parsed from the image alone."""
         return False
 
+    def record_reads_data(self, ino: Ino) -> bool:
+        """True when reading inode ``ino``'s own record (``getattr``, its
+        xattrs) may go through the page cache, and so wait behind a
+        decompression (an EROFS image whose metadata is in a metabox); the
+        FUSE adapter then answers those from a worker thread too."""
+        return False
+
     @abc.abstractmethod
     def listxattr(self, ino: Ino) -> list[bytes]: ...
 

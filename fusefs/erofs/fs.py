@@ -424,6 +424,9 @@ class ErofsFilesystem(Filesystem):
             )
         return self._read_meta(inode, 0, inode.size)
 
+    def record_reads_data(self, ino: Ino) -> bool:
+        return self.metabox is not None  # inodes and xattrs are in the metabox
+
     def meta_reads_data(self, ino: Ino) -> bool:
         if self.metabox is not None:
             return True  # inodes are read through the metabox's page cache

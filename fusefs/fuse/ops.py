@@ -21,7 +21,8 @@ threads (``trio.to_thread.run_sync`` under one CapacityLimiter) so that one
 slow request does not stall the others; metadata that is a bounded read of
 the mapped image stays on the event loop, unless the format says it reads
 through the page cache (``Filesystem.meta_reads_data``: an EROFS compressed
-directory or symlink), where it could wait behind a decompression.  Every handler replies exactly
+directory or symlink; ``record_reads_data``: inodes and xattrs in an EROFS
+metabox), where it could wait behind a decompression.  Every handler replies exactly
 once: an :class:`~fusefs.errors.FsError` becomes ``FUSEError(its errno)``,
 anything else is logged with its traceback and answered with EIO.  Corrupt
 metadata or data (:class:`~fusefs.errors.CorruptImageError`, EUCLEAN to the
@@ -142,6 +143,16 @@ class NommuOperations(pyfuse3.Operations):
         except Exception as e:
             raise self._fail(what, e, ino) from None
 
+    async def _meta(
+        self, what: str, ino: Ino, reads_data: bool, fn: Callable[..., T], *args: object
+    ) -> T:
+        """Metadata on the event loop, or in a worker thread when reading it
+        ``reads_data`` through the page cache (it could wait behind a
+        decompression there)."""
+        if reads_data:
+            return await self._in_thread(what, ino, fn, *args)
+        return self._call(what, ino, fn, *args)
+
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = self._node(attr.ino)
@@ -175,10 +186,7 @@ class NommuOperations(pyfuse3.Operations):
                 raise
 
         what = f"lookup {parent_inode}/{bytes(name)[:64]!r}"
-        if self.fs.meta_reads_data(parent):
-            attr = await self._in_thread(what, parent, find)
-        else:
-            attr = self._call(what, parent, find)
+        attr = await self._meta(what, parent, self.fs.meta_reads_data(parent), find)
         if attr is None:
             # a negative entry, cached by the kernel for entry_timeout
             neg = pyfuse3.EntryAttributes()
@@ -203,13 +211,13 @@ class NommuOperations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         ino = self._ino(inode)
-        return self._entry(self._call(f"getattr {inode}", ino, self.fs.getattr, ino))
+        reads = self.fs.record_reads_data(ino)
+        return self._entry(await self._meta(f"getattr {inode}", ino, reads, self.fs.getattr, ino))
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
         ino = self._ino(inode)
-        if self.fs.meta_reads_data(ino):
-            return await self._in_thread(f"readlink {inode}", ino, self.fs.readlink, ino)
-        return self._call(f"readlink {inode}", ino, self.fs.readlink, ino)
+        reads = self.fs.meta_reads_data(ino)
+        return await self._meta(f"readlink {inode}", ino, reads, self.fs.readlink, ino)
 
     async def access(
         self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext
@@ -233,13 +241,17 @@ class NommuOperations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
         ino = self._ino(inode)
-        return self._call(f"getxattr {inode}", ino, self.fs.getxattr, ino, bytes(name))
+        reads = self.fs.record_reads_data(ino)
+        return await self._meta(
+            f"getxattr {inode}", ino, reads, self.fs.getxattr, ino, bytes(name)
+        )
 
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
         ino = self._ino(inode)
-        names = self._call(f"listxattr {inode}", ino, self.fs.listxattr, ino)
+        reads = self.fs.record_reads_data(ino)
+        names = await self._meta(f"listxattr {inode}", ino, reads, self.fs.listxattr, ino)
         return [pyfuse3.XAttrNameT(n) for n in names]
 
     # -- directories -------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,22 +153,38 @@ def test_errors_map_to_errno(fs: Filesystem) -> None:
     assert info.value.errno == errno.EROFS
 
 
-def test_lookup_that_reads_data_leaves_the_event_loop(
-    fs: Filesystem, monkeypatch: pytest.MonkeyPatch
+# (the Filesystem method that reads through the page cache, the predicate
+# that says so, the request that calls it)
+OFF_LOOP: dict[str, tuple[str, str, Callable[[NommuOperations], Awaitable[object]]]] = {
+    "lookup": (
+        "lookup", "meta_reads_data", lambda ops: ops.lookup(pyfuse3.ROOT_INODE, b"sub", None)
+    ),
+    "getattr": ("getattr", "record_reads_data", lambda ops: ops.getattr(pyfuse3.ROOT_INODE, None)),
+    "listxattr": (
+        "listxattr", "record_reads_data", lambda ops: ops.listxattr(pyfuse3.ROOT_INODE, None)
+    ),
+}
+
+
+@pytest.mark.parametrize("request_name", list(OFF_LOOP))
+def test_metadata_that_reads_data_leaves_the_event_loop(
+    request_name: str, fs: Filesystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A directory whose bytes come through the page cache (an EROFS
-    compressed directory) may wait behind a decompression holding the data
-    lock: its lookups must run in a worker thread, so the loop keeps serving."""
+    compressed directory), or an inode whose record does (an EROFS metabox),
+    may wait behind a decompression holding the data lock: those requests
+    must run in a worker thread, so the loop keeps serving."""
+    method, predicate, call = OFF_LOOP[request_name]
     ops = NommuOperations(fs)
     root = fs.root
-    inner = fs.lookup
-    monkeypatch.setattr(fs, "meta_reads_data", lambda ino: ino == root)
+    inner = getattr(fs, method)
+    monkeypatch.setattr(fs, predicate, lambda ino: ino == root)
 
-    def locked_lookup(parent: Any, name: bytes) -> Any:
-        with fs.lock:  # what reading the directory's data takes
-            return inner(parent, name)
+    def locked(*args: Any) -> Any:
+        with fs.lock:  # what reading through the page cache takes
+            return inner(*args)
 
-    monkeypatch.setattr(fs, "lookup", locked_lookup)
+    monkeypatch.setattr(fs, method, locked)
     held, release = threading.Event(), threading.Event()
 
     def decompressing_worker() -> None:
@@ -181,20 +197,20 @@ def test_lookup_that_reads_data_leaves_the_event_loop(
     held.wait(2.0)
     ticks: list[float] = []
 
-    async def main() -> int:
-        got: list[int] = []
+    async def main() -> object:
+        got: list[object] = []
 
         async def ticker() -> None:
             while True:
                 ticks.append(trio.current_time())
                 await trio.sleep(0.005)
 
-        async def look() -> None:
-            got.append((await ops.lookup(pyfuse3.ROOT_INODE, b"sub", None)).st_ino)
+        async def ask() -> None:
+            got.append(await call(ops))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ticker)
-            nursery.start_soon(look)
+            nursery.start_soon(ask)
             await trio.sleep(0.1)
             release.set()
             while not got:
@@ -203,9 +219,19 @@ def test_lookup_that_reads_data_leaves_the_event_loop(
         return got[0]
 
     try:
-        ino = run(main)
+        answer = run(main)
     finally:
         release.set()
         worker.join()
-    assert ino not in (0, pyfuse3.ROOT_INODE)
+    if request_name == "lookup":
+        assert answer.st_ino not in (0, pyfuse3.ROOT_INODE)  # type: ignore[attr-defined]
     assert len(ticks) >= 10, f"the event loop stalled behind the data lock ({len(ticks)} ticks)"
+
+
+def test_metabox_records_and_plain_records() -> None:
+    """Which images say their inode records read through the page cache."""
+    corpus = Path(__file__).resolve().parent.parent / "corpus" / "upstream-1.9.3"
+    with open_image(corpus / "erofs-metabox-lz4hc.img") as fs:
+        assert fs.record_reads_data(fs.root) and fs.meta_reads_data(fs.root)
+    with open_image(corpus / "erofs-48bit-lz4hc.img") as fs:
+        assert not fs.record_reads_data(fs.root)
