@@ -89,6 +89,13 @@ def test_our_images_read_like_source(
         assert d["block_size"] == bs
 
 
+def mkimage_erofs(img: Path, src: Path, *options: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "mkimage", "erofs", "-q", *options, str(img), str(src)],
+        check=True, cwd=ROOT, timeout=240, capture_output=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # the budget counter test's generated rootfs: its busybox-sized program
@@ -108,11 +115,7 @@ def test_fragments_read_under_every_strategy(
     percpu-buffer strategy once regrew its output buffer under that read:
     ``ValueError: negative count`` at 3.5M)."""
     img = tmp_path / "frag.img"
-    subprocess.run(
-        [sys.executable, "-m", "mkimage", "erofs", "-q", "-z", "lz4hc", "-C", "16384",
-         "-E", "fragments", str(img), str(rootfs)],
-        check=True, cwd=ROOT, timeout=240, capture_output=True,
-    )  # fmt: skip
+    mkimage_erofs(img, rootfs, "-z", "lz4hc", "-C", "16384", "-E", "fragments")
     cfg = MemoryConfig(mm="mmu", decompress=decompress, arena_bytes=arena)  # type: ignore[arg-type]
     with open_image(img, cfg) as fs:
         problems = [
@@ -135,11 +138,7 @@ def test_a_page_of_a_tail_and_a_fragment_in_a_small_arena(
     256K arena cannot hold every extent of this tree: ENOMEM is an answer,
     any other error is not, and every file read is the source's."""
     img = tmp_path / "tailfrag.img"
-    subprocess.run(
-        [sys.executable, "-m", "mkimage", "erofs", "-q", "-z", "lz4hc", "-C", "4096",
-         "-E", "ztailpacking,fragments", str(img), str(rootfs)],
-        check=True, cwd=ROOT, timeout=240, capture_output=True,
-    )  # fmt: skip
+    mkimage_erofs(img, rootfs, "-z", "lz4hc", "-C", "4096", "-E", "ztailpacking,fragments")
     cfg = MemoryConfig(mm="mmu", decompress=decompress, arena_bytes=256 << 10)  # type: ignore[arg-type]
     read = enomem = 0
     with open_image(img, cfg) as fs:
