@@ -146,13 +146,19 @@ def test_a_claimed_8_tib_hole_costs_nothing(tmp_path: Path) -> None:
     assert st.st_size == 1 << 43 and st.st_blocks == 0
 
 
-def test_cat_into_a_file_keeps_the_data_and_the_holes(tmp_path: Path) -> None:
+def sparse_tree(tmp_path: Path, gap: int) -> Path:
+    """A tree of one file, ``sparse``: 4 bytes, a hole to ``gap``, 4 bytes."""
     src = tmp_path / "src"
     src.mkdir()
     with open(src / "sparse", "wb") as f:
         f.write(b"head")
-        f.seek(3 << 20)
+        f.seek(gap)
         f.write(b"tail")
+    return src
+
+
+def test_cat_into_a_file_keeps_the_data_and_the_holes(tmp_path: Path) -> None:
+    src = sparse_tree(tmp_path, 3 << 20)
     img = tmp_path / "s.img"
     corpus.mkimage(img, src, "--chunksize", "4096")
     with open(tmp_path / "out", "wb") as out:
@@ -168,12 +174,7 @@ def test_cat_into_a_file_keeps_the_data_and_the_holes(tmp_path: Path) -> None:
 
 
 def test_cramfs_holes_are_data_ranges_too(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    with open(src / "sparse", "wb") as f:
-        f.write(b"head")
-        f.seek(5 << 20)
-        f.write(b"tail")
+    src = sparse_tree(tmp_path, 5 << 20)
     img = tmp_path / "c.img"
     r = nommufs("mkimage", "cramfs", "-z", str(src), str(img))
     assert r.returncode == 0, r.stderr
