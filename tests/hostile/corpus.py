@@ -127,11 +127,76 @@ def hostile_names(tmp: Path) -> bytes:
     return bytes(img)
 
 
+ZSTD_BYTE: Final = b"x"
+
+
+def zstd_rle_frame(size: int, byte: bytes = ZSTD_BYTE) -> bytes:
+    """A zstd frame, written by hand, that decodes to ``size`` copies of
+    ``byte``: RLE blocks of 128 KiB (3-byte header and the byte), a 128 KiB
+    window, no content size or checksum: 4 bytes per 128 KiB."""
+    block = 128 << 10
+    out = bytearray(b"\x28\xb5\x2f\xfd\x00\x38")  # magic, descriptor, window 2^17
+    while size:
+        n = min(block, size)
+        size -= n
+        out += ((n << 3) | (1 << 1) | (not size)).to_bytes(3, "little") + byte  # RLE, last?
+    return bytes(out)
+
+
+DEDUPE_EXTENT_BITS: Final = 23  # 8 MiB per extent: lclusterbits 12 + 11
+
+
+def dedupe_bomb(tmp: Path, extents: int | None = None) -> bytes:
+    """12 KiB that claim 3.9 GiB, all of one 262-byte pcluster: ``-z zstd -E
+    48bit`` of ``big`` (20000 bytes of ``x``: one pcluster in block 1, the
+    compact inode at the end of the metadata), then the pcluster replaced by
+    a hand-made zstd frame of 8 MiB of ``x`` (RLE blocks), and the inode made
+    COMPRESSED_FULL with encoded extents (8-byte records, lcluster bits 23,
+    ``h_clusterbits`` 11) filling the rest of the metadata block: 495 records,
+    each an 8 MiB extent of that same pcluster, the size 495 x 8 MiB.  Valid:
+    the kernel (6.18) mounts it and reads 3.9 GiB of ``x``, fsck.erofs 1.9.3
+    ``--extract`` finds no errors (1.5 predates 48bit); ``extents`` gives a
+    smaller variant (for measuring)."""
+    src = tmp / "src"
+    src.mkdir()
+    (src / "big").write_bytes(ZSTD_BYTE * 20000)
+    img_path = tmp / "bomb.img"
+    img = mkimage(img_path, src, "-z", "zstd", "-E", "48bit")
+    bs = 1 << superblock(img).blkszbits
+    off = inode_offset(img, nid_of(img_path, b"big"))
+    ino = f.CompactInode.unpack_from(img, off)
+    assert f.i_format_layout(ino.i_format) == f.EROFS_INODE_COMPRESSED_COMPACT
+    header = f.map_header_pos(off, f.CompactInode.SIZE, 0)
+    records = header + f.MapHeader.SIZE  # 8-aligned already: recsz 8
+    room = (-records % bs or bs) // 8
+    count = room if extents is None else extents
+    end = records + 8 * room
+    # the inode is the last thing in its block: after its own short index, zeros
+    assert 0 < count <= room and img[records + 64 : end] == bytes(end - records - 64)
+    size = count << DEDUPE_EXTENT_BITS
+    ino = dataclasses.replace(
+        ino, i_format=f.i_format(0, f.EROFS_INODE_COMPRESSED_FULL), i_size=size
+    )
+    img[off : off + f.CompactInode.SIZE] = ino.pack()
+    advise = f.Z_EROFS_ADVISE_EXTENTS | (1 << f.Z_EROFS_ADVISE_EXTRECSZ_BIT)  # 8-byte records
+    clusterbits = DEDUPE_EXTENT_BITS - superblock(img).blkszbits
+    img[header:records] = f.MapHeader(0, 0, advise, 0, clusterbits).pack()
+    frame = zstd_rle_frame(1 << DEDUPE_EXTENT_BITS)
+    pa = bs  # the one pcluster, block 1: zero padding first (0PADDING), the frame at its end
+    assert pa == 4096
+    img[pa : pa + bs] = frame.rjust(bs, b"\0")
+    plen = ((f.Z_EROFS_COMPRESSION_ZSTD + 1) << f.Z_EROFS_EXTENT_PLEN_FMT_BIT) | bs
+    rec = f.ZExtent(plen, pa, 0, 0, 0).pack(8)
+    img[records : records + 8 * count] = rec * count
+    return bytes(img)
+
+
 IMAGES: Final[dict[str, Callable[[Path], bytes]]] = {
     "erofs-packed-loop.img": packed_loop,
     # valid (the kernel mounts it), so not among the erofs-*.img every test expects reported
     "valid-erofs-chunk-hole-2e43.img": chunk_hole_huge,
     "erofs-hostile-names.img": hostile_names,
+    "valid-erofs-dedupe-bomb.img": dedupe_bomb,
 }
 
 
