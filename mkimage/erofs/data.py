@@ -54,6 +54,25 @@ class FileResult:
     fragment: bytes = b""  # -E fragments: the tail that goes to the packed inode
 
 
+# What prepare_file decides about an inode, besides its FileResult: a worker
+# process sends these back (mkimage.erofs.pool) for the writer's own inode.
+PLAN_FIELDS = (
+    "layout", "map_header", "trailer", "whole_fragment", "physical_blocks", "inline",
+    "big", "lclusters", "two_b", "compact", "chunkformat",
+)  # fmt: skip
+
+
+def plan_of(ino: Inode) -> tuple[object, ...]:
+    """The PLAN_FIELDS of ``ino``, in that order."""
+    return tuple(getattr(ino, name) for name in PLAN_FIELDS)
+
+
+def apply_plan(ino: Inode, plan: tuple[object, ...]) -> None:
+    """Set what :func:`plan_of` took from another process's copy of ``ino``."""
+    for name, value in zip(PLAN_FIELDS, plan, strict=True):
+        setattr(ino, name, value)
+
+
 class Cutter:
     """Cuts file data into extents with one compressor per thread; data
     longer than a segment is cut segment by segment, on ``pool`` when given

@@ -72,6 +72,7 @@ from mkimage.erofs.compress import MAX_EXTENT_BYTES
 from mkimage.erofs.data import Cutter, FileResult, compresses, flat, prepare_file
 from mkimage.erofs.inode import Inode
 from mkimage.erofs.options import EXTENDED_OPTIONS, XATTR_TOLERANCE_DEFAULT, ErofsOptions
+from mkimage.erofs.pool import ProcessPool, forkable
 from mkimage.erofs.xattr import XattrTable
 from mkimage.erofs.zmap import (
     full_index_bytes,
@@ -167,9 +168,15 @@ class ErofsWriter:
     # -- data -----------------------------------------------------------
 
     def _file_results(self, files: list[Inode]) -> Iterator[tuple[Inode, FileResult]]:
-        """Prepared files in tree order, computed by a pool of threads."""
+        """Prepared files in tree order, computed by worker processes
+        (:mod:`mkimage.erofs.pool`) or, for -j 1 and tar sources, a pool of
+        threads."""
         opts = self.opts
         workers = opts.workers or min(os.cpu_count() or 1, 8)
+        if workers > 1 and forkable(files):
+            with ProcessPool(files, opts, workers) as processes:
+                yield from processes.results()
+            return
         # two pools: file tasks may wait for their segments, segment tasks never wait
         with (
             ThreadPoolExecutor(max_workers=workers) as pool,

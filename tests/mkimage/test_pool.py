@@ -1,0 +1,80 @@
+"""The worker processes' contract (mkimage.erofs.pool): what a forked worker
+sends back is what the writer would have computed itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mkimage.erofs.compress import parse_codecs
+from mkimage.erofs.data import Cutter, FileResult, plan_of, prepare_file
+from mkimage.erofs.inode import Inode
+from mkimage.erofs.options import ErofsOptions
+from mkimage.erofs.pool import ProcessPool, batches, forkable
+from mkimage.erofs.writer import ErofsWriter
+from mkimage.errors import BuildError
+from mkimage.tree import scan
+
+CASES = {
+    "lz4": ("lz4", 4096, frozenset()),
+    "lz4hc-64k-ztail": ("lz4hc", 65536, frozenset({"ztailpacking"})),
+    "zstd-fragments-dedupe": ("zstd", 16384, frozenset({"fragments", "dedupe"})),
+    "none": ("none", 4096, frozenset()),
+}
+
+
+def _files(src: Path, opts: ErofsOptions) -> list[Inode]:
+    writer = ErofsWriter(scan(str(src)), opts)
+    writer._collect()
+    return [i for i in writer.inodes if i.node.is_reg]
+
+
+def _options(case: str) -> ErofsOptions:
+    alg, pcluster, extended = CASES[case]
+    codecs = parse_codecs(alg)
+    return ErofsOptions(
+        codec=codecs[0] if codecs else None, pcluster_size=pcluster, extended=extended,
+        build_time=1700000000, fixed_time=True, all_mtimes=1700000000,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_worker_results_equal_in_process(rich_tree: Path, case: str, workers: int) -> None:
+    opts = _options(case)
+    here = _files(rich_tree, opts)
+    cutter = Cutter(opts, None) if opts.codec is not None else None
+    expected: list[tuple[tuple[object, ...], FileResult]] = []
+    for ino in here:
+        res = prepare_file(ino.node, ino, opts, cutter)
+        expected.append((plan_of(ino), res))
+    there = _files(rich_tree, opts)
+    assert forkable(there)
+    with ProcessPool(there, opts, workers) as pool:
+        got = [(ino, res) for ino, res in pool.results()]
+    assert [ino.node.path for ino, _ in got] == [ino.node.path for ino in here]
+    # the writer's own inodes carry the worker's decisions, field by field
+    assert [(plan_of(ino), res) for ino, res in got] == expected
+    assert any(res.payload for _, res in got)
+
+
+def test_batches_cover_every_file_once_in_order(rich_tree: Path) -> None:
+    files = _files(rich_tree, _options("lz4"))
+    cut = batches(files)
+    assert [i for a, b in cut for i in range(a, b)] == list(range(len(files)))
+    assert all(b > a for a, b in cut)
+
+
+def test_a_worker_error_reaches_the_writer(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}").write_bytes(os.urandom(20000))
+    opts = _options("lz4")
+    files = _files(src, opts)
+    (src / "f3").write_bytes(b"changed")  # after the scan
+    with pytest.raises(BuildError, match="f3"), ProcessPool(files, opts, 2) as pool:
+        for _ in pool.results():
+            pass
