@@ -34,6 +34,7 @@ from mkimage.erofs.zmap import (
     compact_ok,
     full_index_bytes,
     lcluster_entries,
+    rebase_offsets,
 )
 from mkimage.tree import Node
 
@@ -43,7 +44,7 @@ class FileResult:
     """A regular file prepared by a worker: its layout and the bytes for the data area."""
 
     layout: DataLayout
-    payload: bytes  # whole blocks for the data region
+    payload: bytes | memoryview  # whole blocks for the data region (a view: from a worker)
     inline: bytes = b""
     chunks: list[int | None] = field(default_factory=list)
     # -E dedupe: each extent (addresses relative to 0), its pcluster bytes
@@ -55,10 +56,11 @@ class FileResult:
 
 
 # What prepare_file decides about an inode, besides its FileResult: a worker
-# process sends these back (mkimage.erofs.pool) for the writer's own inode.
+# process sends these back (mkimage.erofs.pool) for the writer's own inode
+# (not the lcluster entries: once encoded, only rebase_at is needed).
 PLAN_FIELDS = (
     "layout", "map_header", "trailer", "whole_fragment", "physical_blocks", "inline",
-    "big", "lclusters", "two_b", "compact", "chunkformat",
+    "big", "rebase_at", "two_b", "compact", "chunkformat",
 )  # fmt: skip
 
 
@@ -266,6 +268,9 @@ def _plan_compressed(
         )
     else:
         ino.trailer = full_index_bytes(ino.map_header, ino.lclusters)
+    ino.rebase_at = rebase_offsets(
+        hpos, ino.lclusters, compact=ino.compact, lclusterbits=opts.blkszbits, two_b=ino.two_b
+    )
 
 
 def flat(data: bytes, ino: Inode, opts: ErofsOptions, *, regular: bool) -> FileResult:

@@ -49,6 +49,7 @@ class Inode:
     # compressed files
     map_header: MapHeader | None = None
     lclusters: list[Lcluster] = field(default_factory=list)
+    rebase_at: list[int] = field(default_factory=list)  # block addresses in trailer (zmap.rebase)
     compact: bool = False
     two_b: bool = False
     big: bool = False

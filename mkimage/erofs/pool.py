@@ -14,25 +14,30 @@ inode.  Nothing a worker computes depends on which worker ran a file or
 when, so the image is the same for any ``-j``.
 
 Files go out in batches (consecutive files in tree order, about
-:data:`BATCH_BYTES` of input each); one reader thread per worker receives
-whole batches, so that a worker never waits for the writer to get round to
-it, and hands the next batch to whichever worker has become free.  At most
-:data:`WINDOW` batches per worker are out at once, which bounds memory.
+:data:`BATCH_BYTES` of input each), at most two per worker at a time and
+:data:`WINDOW` per worker not yet taken by the writer (which bounds memory).
+The writer's own thread takes in whatever any worker has sent (poll) while
+it waits for the next batch in order, so a worker never waits for the
+writer to get round to it; each message is read once, into one buffer, and
+the payloads are written to the image from views of it.
 
 Only sources every process can read on its own are forked for (files
 under SRC, bytes in memory); a tar archive's members share one file position
 and stay with threads.  Messages: a le64 length pair, the pickled
-results (payloads left out), then the payloads back to back.
+results (payloads left out) and the payloads back to back, with writev.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import os
 import pickle
+import select
 import signal
 import struct
-import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Final
 
@@ -47,6 +52,8 @@ BATCH_FILES: Final = 256
 WINDOW: Final = 4
 _HEADER: Final = struct.Struct("<QQ")
 _TASK: Final = struct.Struct("<II")
+_IOV_MAX: Final = 1024
+_PIPE_BYTES: Final = 1 << 20
 
 Prepared = tuple[tuple[object, ...], FileResult]
 
@@ -70,31 +77,37 @@ def batches(files: Sequence[Inode]) -> list[tuple[int, int]]:
     return out
 
 
-def prepare_batch(files: Sequence[Inode], opts: ErofsOptions, cutter: Cutter | None) -> bytes:
-    """One message: every file of ``files`` prepared, or the BuildError."""
+def prepare_batch(
+    files: Sequence[Inode], opts: ErofsOptions, cutter: Cutter | None
+) -> list[bytes | memoryview]:
+    """One message, as buffers to write in order: every file of ``files``
+    prepared, or the BuildError."""
     done: list[Prepared] = []
-    payloads: list[bytes] = []
+    payloads: list[bytes | memoryview] = []
     try:
         for ino in files:
             res = prepare_file(ino.node, ino, opts, cutter)
-            payloads.append(res.payload)
-            res.payload = b""
+            if res.payload:
+                payloads.append(res.payload)
             done.append((plan_of(ino), res))
-        body = pickle.dumps((None, done, [len(p) for p in payloads]), pickle.HIGHEST_PROTOCOL)
+        lengths = [len(r.payload) for _, r in done]
+        for _, r in done:
+            r.payload = b""
+        body = pickle.dumps((None, done, lengths), pickle.HIGHEST_PROTOCOL)
     except BuildError as e:
         body, payloads = pickle.dumps((str(e), [], [])), []
-    return b"".join([_HEADER.pack(len(body), sum(map(len, payloads))), body, *payloads])
+    return [_HEADER.pack(len(body), sum(map(len, payloads))), body, *payloads]
 
 
-def read_batch(data: bytes, payload: bytes) -> list[Prepared]:
-    """The results of one message (BuildError when the worker met one)."""
-    error, done, lengths = pickle.loads(data)
+def read_batch(body: memoryview, payload: memoryview) -> list[Prepared]:
+    """The results of one message (BuildError when the worker met one); the
+    payloads are views of ``payload``."""
+    error, done, lengths = pickle.loads(body)
     if error is not None:
         raise BuildError(error)
     pos = 0
-    view = memoryview(payload)
     for (_plan, res), n in zip(done, lengths, strict=True):
-        res.payload = bytes(view[pos : pos + n])
+        res.payload = payload[pos : pos + n]
         pos += n
     return list(done)
 
@@ -112,10 +125,16 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
+    """All of ``buffers``, in order (writev, IOV_MAX at a time)."""
+    views = [memoryview(b) for b in buffers if len(b)]
+    while views:
+        n = os.writev(fd, views[:_IOV_MAX])
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
 
 
 def _worker(tasks: int, results: int, files: Sequence[Inode], opts: ErofsOptions) -> None:
@@ -132,6 +151,17 @@ def _worker(tasks: int, results: int, files: Sequence[Inode], opts: ErofsOptions
         _write_all(results, prepare_batch(files[a:b], opts, cutter))
 
 
+class _Inbox:
+    """What has arrived from one worker: a message being filled."""
+
+    __slots__ = ("buf", "fill", "head")
+
+    def __init__(self) -> None:
+        self.head = bytearray(_HEADER.size)
+        self.buf: bytearray | None = None  # the message after its header, once known
+        self.fill = 0
+
+
 class ProcessPool:
     """``workers`` forked children preparing ``files``; :meth:`results`
     yields them in order.  Use as a context manager: leaving it ends the
@@ -140,19 +170,19 @@ class ProcessPool:
     def __init__(self, files: Sequence[Inode], opts: ErofsOptions, workers: int) -> None:
         self.files = files
         self.batches = batches(files)
-        self.lock = threading.Condition()
-        self.received: dict[int, list[Prepared] | BaseException] = {}
-        self.owner: dict[int, int] = {}  # batch -> worker, while out
-        self.busy = [0] * workers  # batches out per worker
+        self.received: dict[int, tuple[memoryview, memoryview]] = {}
+        self.owned: list[deque[int]] = [deque() for _ in range(workers)]  # batches out, in order
         self.next = 0  # first batch not yet handed out
         self.consumed = 0  # batches the writer has taken
         self.pids: list[int] = []
         self.tasks: list[int] = []
-        self.readers: list[threading.Thread] = []
-        self.closed = False
+        self.results_fds: list[int] = []
+        self.inbox = [_Inbox() for _ in range(workers)]
         pipes = [(os.pipe(), os.pipe()) for _ in range(workers)]
         parent_ends = [fd for (_tr, tw), (rr, _rw) in pipes for fd in (tw, rr)]
-        for (tr, tw), (_rr, rw) in pipes:
+        for (tr, tw), (rr, rw) in pipes:
+            with contextlib.suppress(OSError):  # a larger pipe: fewer stalls, fewer wake-ups
+                fcntl.fcntl(rw, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
             pid = os.fork()
             if pid == 0:  # pragma: no cover  (the child; coverage does not follow forks)
                 code = 0
@@ -168,75 +198,58 @@ class ProcessPool:
             os.close(tr)
             os.close(rw)
             self.tasks.append(tw)
-        for w, ((_tr, _tw), (rr, _rw)) in enumerate(pipes):
-            t = threading.Thread(target=self._receive, args=(w, rr), daemon=True)
-            self.readers.append(t)
-        with self.lock:
-            self._dispatch()
-        for t in self.readers:
-            t.start()
+            self.results_fds.append(rr)
+        self.poller = select.poll()
+        for fd in self.results_fds:
+            self.poller.register(fd, select.POLLIN)
+        self.by_fd = {fd: w for w, fd in enumerate(self.results_fds)}
+        self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand batches to free workers (lock held): each has at most two
-        out, and at most WINDOW per worker are unconsumed."""
-        if self.closed:
-            return
-        limit = self.consumed + WINDOW * len(self.tasks)
-        while self.next < min(len(self.batches), limit):
-            w = min(range(len(self.busy)), key=lambda k: self.busy[k])
-            if self.busy[w] >= 2:
+        """Hand batches to free workers: each has at most two out, and at
+        most WINDOW per worker are unconsumed."""
+        limit = min(len(self.batches), self.consumed + WINDOW * len(self.tasks))
+        while self.next < limit:
+            w = min(range(len(self.owned)), key=lambda k: len(self.owned[k]))
+            if len(self.owned[w]) >= 2:
                 return
-            a, b = self.batches[self.next]
-            _write_all(self.tasks[w], _TASK.pack(a, b))
-            self.owner[self.next] = w
-            self.busy[w] += 1
+            _write_all(self.tasks[w], [_TASK.pack(*self.batches[self.next])])
+            self.owned[w].append(self.next)
             self.next += 1
 
-    def _receive(self, w: int, fd: int) -> None:
-        """Reader thread of worker ``w``: its messages, in the order it got batches."""
-        try:
-            while True:
-                head = _read_exactly(fd, _HEADER.size)
-                if head is None:
-                    return
-                n, m = _HEADER.unpack(head)
-                body = _read_exactly(fd, n)
-                payload = _read_exactly(fd, m) if m else b""
-                if body is None or payload is None:
+    def _pump(self) -> None:
+        """Wait for any worker's data and take what has come."""
+        for fd, _events in self.poller.poll():
+            w = self.by_fd[fd]
+            box = self.inbox[w]
+            if box.buf is None:
+                k = os.readv(fd, [memoryview(box.head)[box.fill :]])
+                if k == 0:
+                    raise BuildError(f"worker process {self.pids[w]} ended early")
+                box.fill += k
+                if box.fill == len(box.head):
+                    n, m = _HEADER.unpack(box.head)
+                    box.buf, box.fill = bytearray(n + m), 0
+            else:
+                k = os.readv(fd, [memoryview(box.buf)[box.fill :]])
+                if k == 0:
                     raise BuildError(f"worker process {self.pids[w]} ended mid-message")
-                try:
-                    item: list[Prepared] | BaseException = read_batch(body, payload)
-                except BuildError as e:
-                    item = e
-                with self.lock:
-                    k = min(b for b, o in self.owner.items() if o == w)
-                    del self.owner[k]
-                    self.busy[w] -= 1
-                    self.received[k] = item
-                    self._dispatch()
-                    self.lock.notify_all()
-        except BaseException as e:  # handed to the writer
-            with self.lock:
-                for k, o in list(self.owner.items()):
-                    if o == w:
-                        self.received[k] = e
-                self.lock.notify_all()
-        finally:
-            os.close(fd)
+                box.fill += k
+            if box.buf is not None and box.fill == len(box.buf):
+                n, _m = _HEADER.unpack(box.head)
+                view = memoryview(box.buf)
+                self.received[self.owned[w].popleft()] = (view[:n], view[n:])
+                box.buf, box.fill = None, 0
+                self._dispatch()
 
     def results(self) -> Iterator[tuple[Inode, FileResult]]:
         for k, (a, _b) in enumerate(self.batches):
-            with self.lock:
-                while k not in self.received:
-                    if k not in self.owner and k >= self.next:
-                        raise BuildError("internal: a batch was never handed out")
-                    self.lock.wait()
-                item = self.received.pop(k)
-                self.consumed += 1
-                self._dispatch()
-            if isinstance(item, BaseException):
-                raise item
-            for i, (plan, res) in enumerate(item):
+            while k not in self.received:
+                self._pump()
+            body, payload = self.received.pop(k)
+            self.consumed += 1
+            self._dispatch()
+            for i, (plan, res) in enumerate(read_batch(body, payload)):
                 ino = self.files[a + i]
                 apply_plan(ino, plan)
                 yield ino, res
@@ -245,10 +258,8 @@ class ProcessPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            self.closed = True
-            for fd in self.tasks:
-                os.close(fd)
+        for fd in self.tasks:
+            os.close(fd)
         if exc[0] is not None:
             for pid in self.pids:
                 os.kill(pid, signal.SIGKILL)
@@ -257,7 +268,7 @@ class ProcessPool:
             _, status = os.waitpid(pid, 0)
             if status:
                 failed.append(pid)
-        for t in self.readers:
-            t.join()
+        for fd in self.results_fds:
+            os.close(fd)
         if failed and exc[0] is None:
             raise BuildError(f"worker process {failed[0]} failed")

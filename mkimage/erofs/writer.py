@@ -220,10 +220,7 @@ class ErofsWriter:
         if res.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
             ino.chunks = res.chunks
         elif ino.map_header is not None:
-            ino.trailer = rebase(
-                ino.trailer, inodemod.trailer_offset(ino), ino.lclusters, compact=ino.compact,
-                lclusterbits=self.opts.blkszbits, two_b=ino.two_b, delta=cursor,
-            )  # fmt: skip
+            ino.trailer = rebase(ino.trailer, ino.rebase_at, compact=ino.compact, delta=cursor)
 
     def _add_fragment(self, ino: Inode, fragment: bytes, packed: bytearray) -> None:
         """Append a file's tail to the packed inode's data; its offset goes
@@ -351,7 +348,7 @@ class ErofsWriter:
             cursor = self._write_packed(f, bytes(packed), cursor)
         meta_blk = cursor
         # directories and symlinks: sizes now, data once nids are known
-        late: list[tuple[Inode, bytes]] = []
+        late: list[tuple[Inode, bytes | memoryview]] = []
         for ino in self.inodes:
             n = ino.node
             if n.is_dir:
@@ -583,7 +580,7 @@ class _Sink(Protocol):
     """What the writer does to its output file."""
 
     def seek(self, pos: int, /) -> int: ...
-    def write(self, data: bytes | bytearray, /) -> int: ...
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
     def truncate(self, size: int, /) -> int: ...
 
 
@@ -598,7 +595,7 @@ class _Offset:
     def seek(self, pos: int) -> int:
         return self.f.seek(self.base + pos) - self.base
 
-    def write(self, data: bytes | bytearray) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         return self.f.write(data)
 
     def truncate(self, size: int) -> int:

@@ -168,28 +168,38 @@ def _field(e: Lcluster, last: bool) -> CompactEntry:
     return CompactEntry(e.type, min(e.delta1, _D0_MAX) if last else e.delta0)
 
 
-def rebase(raw: bytes, header_pos: int, entries: Sequence[Lcluster], *, compact: bool,
-           lclusterbits: int, two_b: bool, delta: int) -> bytes:  # fmt: skip
-    """Index bytes encoded with pcluster addresses relative to block 0,
-    moved to start at block ``delta`` (workers encode before placement)."""
-    if delta == 0:
-        return raw
-    out = bytearray(raw)
+def rebase_offsets(header_pos: int, entries: Sequence[Lcluster], *, compact: bool,
+                   lclusterbits: int, two_b: bool) -> list[int]:  # fmt: skip
+    """Where, in index bytes for a header at ``header_pos``, the le32 block
+    addresses are that :func:`rebase` moves: each non-sentinel HEAD/PLAIN
+    index (full), each pack's base address (compact)."""
     if not compact:
-        for n, e in enumerate(entries):
-            if e.type != Z_EROFS_LCLUSTER_TYPE_NONHEAD and not e.sentinel:
-                at = Z_EROFS_FULL_INDEX_START + LclusterIndex.SIZE * n + 4
-                out[at : at + 4] = (e.blkaddr + delta).to_bytes(4, "little")
-        return bytes(out)
+        return [
+            Z_EROFS_FULL_INDEX_START + LclusterIndex.SIZE * n + 4
+            for n, e in enumerate(entries)
+            if e.type != Z_EROFS_LCLUSTER_TYPE_NONHEAD and not e.sentinel
+        ]
     layout = compact_layout(header_pos + MapHeader.SIZE, len(entries), two_b)
+    out = []
     i = 0
     while i < len(entries):
         pos, amort = layout.position(i)
         geo = pack_geometry(amort, lclusterbits)
         assert geo is not None
         # erofs: every compact pack ends with its le32 base block address
-        at = pos - header_pos + geo.pack_size - 4
-        base = int.from_bytes(out[at : at + 4], "little")
-        out[at : at + 4] = ((base + delta) & 0xFFFFFFFF).to_bytes(4, "little")
+        out.append(pos - header_pos + geo.pack_size - 4)
         i += geo.vcnt
+    return out
+
+
+def rebase(raw: bytes, offsets: Sequence[int], *, compact: bool, delta: int) -> bytes:
+    """Index bytes encoded with pcluster addresses relative to block 0,
+    moved to start at block ``delta`` (workers encode before placement);
+    ``offsets`` from :func:`rebase_offsets`."""
+    if delta == 0:
+        return raw
+    out = bytearray(raw)
+    for at in offsets:
+        addr = int.from_bytes(out[at : at + 4], "little") + delta
+        out[at : at + 4] = (addr & 0xFFFFFFFF if compact else addr).to_bytes(4, "little")
     return bytes(out)
