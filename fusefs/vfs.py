@@ -28,7 +28,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NewType, TypeVar
 
@@ -290,6 +290,44 @@ class Capabilities:
     xip: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class DataExtent:
+    """Bytes ``[offset, offset + length)`` of a regular file that are not a
+    hole, and what they are decoded from (:meth:`Filesystem.data_extents`).
+
+    ``source`` is hashable and names everything that decides the bytes
+    besides their length (for EROFS: where the pcluster is, its length, the
+    algorithm, ...), so that two extents of one open image with equal
+    sources and lengths hold the same bytes, or fail to decode alike: the
+    decoders are deterministic.  ``prefix``: the bytes are the first
+    ``length`` of what the source decodes to (a partial reference, plain
+    bytes), so a source read to some length is read to every shorter one;
+    else the source must decode to exactly ``length`` bytes.  ``None``: a
+    source shared with no other extent."""
+
+    offset: int
+    length: int
+    source: Hashable | None = None
+    prefix: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def ranges_of(extents: Iterable[DataExtent]) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` of the runs of adjacent extents (in order)."""
+    start = end = -1
+    for e in extents:
+        if e.offset != end:
+            if end > start:
+                yield start, end - start
+            start = e.offset
+        end = e.end
+    if end > start:
+        yield start, end - start
+
+
 class Filesystem(abc.ABC):
     """A read-only filesystem image, opened.
 
@@ -391,6 +429,14 @@ class Filesystem(abc.ABC):
         size = self.getattr(ino).size
         if size:
             yield 0, size
+
+    def data_extents(self, ino: Ino) -> Iterator[DataExtent]:
+        """The parts of :meth:`data_ranges`, each with what its bytes are
+        decoded from (:class:`DataExtent`), in order, not overlapping; their
+        union is exactly the data ranges.  ``fsck`` checks each source once.
+        The default: the data ranges, each of a source nobody shares."""
+        for start, length in self.data_ranges(ino):
+            yield DataExtent(start, length)
 
     def fsck_extra(self) -> Iterator[str]:
         """Format-specific structural problems a tree walk would not notice
@@ -558,6 +604,7 @@ def walk(
     reached twice (a loop, or a directory hard link) is reported as
     CorruptImageError and not entered again.
     """
+
     def fail(path: bytes, err: FsError) -> None:
         if on_error is None:
             raise err
@@ -614,4 +661,3 @@ def walk(
             fail(dpath, e)
         # depth first, entries in order: push in reverse
         stack.extend(reversed(children))
-

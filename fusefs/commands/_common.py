@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 
-from fusefs.errors import CorruptImageError, InvalidArgumentError
+from fusefs.errors import CorruptImageError, FsError, InvalidArgumentError
 from fusefs.vfs import (
     DEFAULT_ARENA_BYTES,
     MM_MODES,
@@ -88,11 +90,19 @@ CHUNK = 1 << 20
 
 def read_data(fs: Filesystem, ino: Ino, size: int) -> Iterator[tuple[int, bytes]]:
     """``(offset, bytes)`` of every part of a regular file that is not a
-    hole (:meth:`~fusefs.vfs.Filesystem.data_ranges`), in pieces of at most
-    ``CHUNK``: a reader of the whole file does work in proportion to what
-    the image stores, not to the size it claims.  A short read is
+    hole (:meth:`~fusefs.vfs.Filesystem.data_ranges`): a reader of the
+    whole file does work in proportion to what the image stores, not to
+    the size it claims."""
+    return read_ranges(fs, ino, fs.data_ranges(ino), size)
+
+
+def read_ranges(
+    fs: Filesystem, ino: Ino, ranges: Iterable[tuple[int, int]], size: int
+) -> Iterator[tuple[int, bytes]]:
+    """``(offset, bytes)`` of the ``(offset, length)`` ranges of a regular
+    file, in pieces of at most ``CHUNK``.  A short read is
     CorruptImageError naming where the data ended."""
-    for start, length in fs.data_ranges(ino):
+    for start, length in ranges:
         pos, end = start, min(start + length, size)
         while pos < end:
             data = fs.read(ino, pos, min(CHUNK, end - pos))
@@ -100,6 +110,27 @@ def read_data(fs: Filesystem, ino: Ino, size: int) -> Iterator[tuple[int, bytes]
                 raise CorruptImageError(f"data ends at {pos}, size is {size}")
             yield pos, data
             pos += len(data)
+
+
+def data_bytes(fs: Filesystem, ino: Ino) -> int:
+    """How many bytes of a regular file are not holes: what writing it out
+    may take on disk."""
+    return sum(length for _start, length in fs.data_ranges(ino))
+
+
+def check_room(need: int, st: os.statvfs_result, what: str, where: str) -> None:
+    """Raise NoSpaceError unless ``need`` bytes (``what``) fit in the space
+    ``st`` (a statvfs of ``where``) says is free: an image may claim far
+    more data than it stores, and writing it out would fill the disk."""
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise NoSpaceError(f"{what} needs {need} bytes, {where} has {free} free")
+
+
+class NoSpaceError(FsError):
+    """What an image's files claim does not fit where they would be written."""
+
+    errno = errno.ENOSPC
 
 
 def open_from_args(args: argparse.Namespace) -> Filesystem:

@@ -3,7 +3,12 @@
 When standard output is a regular file (``nommufs cat IMG PATH > file``),
 the holes the image's index declares are seeked over, as ``cp --sparse``
 does: a file that claims 8 TiB of one hole costs nothing.  Into a pipe or
-a terminal the holes are written as zeros, as cat(1) writes them."""
+a terminal the holes are written as zeros, as cat(1) writes them.
+
+Into a regular file, the data the file claims (holes excluded) must fit in
+the space free on the output's filesystem, or nothing is written and a
+one-line error says so: a 12 KiB image can claim 3.9 GiB.  Into a pipe the
+bytes stream, and the reader decides when it has had enough."""
 
 from __future__ import annotations
 
@@ -14,7 +19,14 @@ import stat
 import sys
 from typing import BinaryIO
 
-from fusefs.commands._common import CHUNK, add_image_arguments, open_from_args, read_data
+from fusefs.commands._common import (
+    CHUNK,
+    add_image_arguments,
+    check_room,
+    data_bytes,
+    open_from_args,
+    read_data,
+)
 from fusefs.commands.extract import write_sparse
 from fusefs.errors import InvalidArgumentError, IsADirectoryFsError
 from fusefs.vfs import Filesystem, Ino, resolve
@@ -61,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         fd = out.fileno()
         if _seekable_file(fd):
+            check_room(data_bytes(fs, ino), os.fstatvfs(fd), args.path, "the output's filesystem")
             base = os.lseek(fd, 0, os.SEEK_CUR)
             write_sparse(fd, read_data(fs, ino, attr.size), base)
             os.ftruncate(fd, max(base + attr.size, os.fstat(fd).st_size))

@@ -11,6 +11,21 @@ blocks than the image has explains every extent "outside the image"), so
 theirs come first, except those that say again what the walk already said
 about a path (the format names the nid, the walk the path: the path stays).
 Problems go to stderr, one line each; the summary line to stdout.
+
+Work follows the image, not what it claims (a hostile image may claim
+terabytes).  Holes the index declares are not read.  Extents that share a
+source (:class:`~fusefs.vfs.DataExtent`: for EROFS the same pcluster, its
+length, algorithm and placement, as dedupe writes them; for cramfs the same
+stored block) are decoded by the same deterministic decoder to the same
+bytes: each source is read once, to the longest length any extent of a
+file wants of it, and every other extent it covers (the same length, or a
+shorter prefix of a partial reference) is checked by that identity and not
+read again.  What remains is bounded: distinct pclusters of a sound image
+lie apart, and no codec decodes more than :data:`MAX_RATIO` bytes per
+stored byte, so fsck reads at most ``MAX_RATIO`` times the image's size.
+An image that makes it read more (pclusters that overlap, or the same one
+wanted at ever longer lengths) has that reported as a problem and the rest
+of its data is not read; every inode is still walked.
 """
 
 from __future__ import annotations
@@ -18,15 +33,22 @@ from __future__ import annotations
 import argparse
 import stat
 import sys
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Final
 
-from fusefs.commands._common import add_image_arguments, open_from_args, read_data
+from fusefs.commands._common import add_image_arguments, open_from_args, read_ranges
 from fusefs.errors import FsError
 from fusefs.names import escape, one_line, show_path
-from fusefs.vfs import Filesystem, WalkItem, walk
+from fusefs.vfs import DataExtent, Filesystem, Ino, WalkItem, ranges_of, walk
 
 NAME = "fsck"
 HELP = "check an image: read every inode, all data, links and xattrs"
+
+# The most bytes any codec nommufs reads decodes from one stored byte: zstd's
+# RLE block (4 bytes for 128 KiB); lzma reaches about 7000, deflate 1032,
+# lz4 255, a cramfs block 4096 per 4-byte pointer.
+MAX_RATIO: Final = 32768
 
 
 @dataclass(slots=True)
@@ -37,6 +59,7 @@ class FsckReport:
     files: int = 0
     directories: int = 0
     bytes_read: int = 0
+    bytes_shared: int = 0  # checked as extents with a source already read
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -44,7 +67,72 @@ class FsckReport:
         return not self.problems
 
 
-def _check_item(fs: Filesystem, item: WalkItem, report: FsckReport) -> None:
+class _DataBudget(Exception):
+    """Reading a file's data would take fsck past its limit (the bytes it wants)."""
+
+
+class _Sources:
+    """What fsck has read without error, by :attr:`DataExtent.source`: the
+    longest length of each (every shorter prefix reads the same), and each
+    exact length (a source that must decode to exactly that)."""
+
+    def __init__(self, limit: int) -> None:
+        self.longest: dict[Hashable, int] = {}
+        self.exact: set[tuple[Hashable, int]] = set()
+        self.limit = limit
+        self.over = False  # the limit was reached: no more data is read
+
+    def known(self, e: DataExtent) -> bool:
+        if e.prefix:
+            return self.longest.get(e.source, -1) >= e.length
+        return (e.source, e.length) in self.exact
+
+    def plan(self, extents: list[DataExtent]) -> list[DataExtent]:
+        """The extents of one file to read: for each source not known, the
+        first that wants it longest (and each exact length); the others are
+        the same bytes again."""
+        longest: dict[Hashable, DataExtent] = {}
+        exact: dict[tuple[Hashable, int], DataExtent] = {}
+        chosen: list[DataExtent] = []
+        for e in extents:
+            if e.source is None:
+                chosen.append(e)
+            elif self.known(e):
+                continue
+            elif not e.prefix:
+                exact.setdefault((e.source, e.length), e)
+            elif e.source not in longest or longest[e.source].length < e.length:
+                longest[e.source] = e
+        # an exact read of a source reads every prefix up to its length too
+        covers: dict[Hashable, int] = {}
+        for src, n in exact:
+            covers[src] = max(covers.get(src, -1), n)
+        picked = {id(e) for e in exact.values()}
+        picked |= {id(e) for src, e in longest.items() if covers.get(src, -1) < e.length}
+        return [e for e in extents if e.source is None or id(e) in picked]
+
+    def learn(self, read: list[DataExtent]) -> None:
+        for e in read:
+            if e.source is None:
+                continue
+            self.longest[e.source] = max(self.longest.get(e.source, -1), e.length)
+            if not e.prefix:
+                self.exact.add((e.source, e.length))
+
+
+def _check_data(fs: Filesystem, ino: Ino, size: int, report: FsckReport, sources: _Sources) -> None:
+    extents = list(fs.data_extents(ino))
+    read = sources.plan(extents)
+    want = sum(e.length for e in read)
+    if report.bytes_read + want > sources.limit:
+        raise _DataBudget(want)  # before any of it is read: the limit holds
+    for _pos, data in read_ranges(fs, ino, ranges_of(read), size):
+        report.bytes_read += len(data)
+    report.bytes_shared += sum(e.length for e in extents) - want
+    sources.learn(read)
+
+
+def _check_item(fs: Filesystem, item: WalkItem, report: FsckReport, sources: _Sources) -> None:
     attr = item.attr
     where = show_path(item.path)
     if item.path and stat.S_IFMT(attr.mode) != item.entry_type:
@@ -61,9 +149,8 @@ def _check_item(fs: Filesystem, item: WalkItem, report: FsckReport) -> None:
             )
     if attr.is_reg:
         report.files += 1
-        # holes the index declares cost nothing: the time follows the image
-        for _pos, data in read_data(fs, item.ino, attr.size):
-            report.bytes_read += len(data)
+        if not sources.over:
+            _check_data(fs, item.ino, attr.size, report, sources)
     elif attr.is_lnk:
         target = fs.readlink(item.ino)
         if len(target) != attr.size:
@@ -90,13 +177,22 @@ def check(fs: Filesystem) -> FsckReport:
         errors.append(str(err))
 
     seen: set[int] = set()
+    sources = _Sources(MAX_RATIO * fs.image.size)
     for item in walk(fs, on_error=on_error):
         report.inodes += item.ino not in seen
         if item.ino in seen and not item.attr.is_dir:
             continue  # a hard link: its inode was checked under its first name
         seen.add(item.ino)
         try:
-            _check_item(fs, item, report)
+            _check_item(fs, item, report, sources)
+        except _DataBudget as e:
+            sources.over = True
+            report.problems.append(
+                f"{show_path(item.path)}: its {e.args[0]} bytes of data would take fsck past"
+                f" {sources.limit} bytes read, {MAX_RATIO} times this {fs.image.size}-byte"
+                " image: its extents overlap or want a pcluster again and again; the data"
+                " of this and later files is not read"
+            )
         except FsError as e:
             report.problems.append(f"{show_path(item.path)}: {e}")
             errors.append(str(e))
@@ -120,8 +216,12 @@ def run(args: argparse.Namespace) -> int:
     for line in report.problems:
         print(one_line(line), file=sys.stderr)
     verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
-    print(one_line(
-        f"{args.image}: {verdict}; {report.inodes} inodes, {report.directories} directories,"
-        f" {report.files} files, {report.bytes_read} bytes of data read"
-    ))
+    shared = report.bytes_shared
+    print(
+        one_line(
+            f"{args.image}: {verdict}; {report.inodes} inodes, {report.directories} directories,"
+            f" {report.files} files, {report.bytes_read} bytes of data read"
+            + (f" ({shared} more are extents of the same sources)" if shared else "")
+        )
+    )
     return 0 if report.clean else 1

@@ -59,12 +59,14 @@ from fusefs.names import escape, json_name
 from fusefs.vfs import (
     Attr,
     Capabilities,
+    DataExtent,
     DirEntry,
     Filesystem,
     FsStat,
     ImageBytes,
     Ino,
     MemoryConfig,
+    ranges_of,
 )
 from mmshim import Page
 from mmshim.flash import Flash
@@ -320,22 +322,24 @@ class CramfsFilesystem(Filesystem):
     def data_ranges(self, ino: Ino) -> Iterator[tuple[int, int]]:
         """Blocks whose pointer says hole (``mkcramfs -z``: no stored bytes)
         are holes; one pointer per 4 KiB block, all inside the image."""
+        return ranges_of(self.data_extents(ino))
+
+    def data_extents(self, ino: Ino) -> Iterator[DataExtent]:
+        """One per block that is not a hole; its source is where its bytes
+        are stored and whether they are raw.  Direct pointers (``-X -X``)
+        may point several blocks at the same stored block; each decodes to
+        exactly its length."""
         node = self._node(ino)
         if not stat.S_ISREG(node.inode.mode):
             raise InvalidArgumentError(f"cramfs inode {ino}: not a regular file")
         bm = self.blockmap(ino)
-        start = end = -1
         for i in range(bm.nr):
-            if bm.extent(i).hole:
+            ext = bm.extent(i)
+            if ext.hole:
                 continue
-            lo, hi = i * CRAMFS_BLOCK_SIZE, min((i + 1) * CRAMFS_BLOCK_SIZE, bm.size)
-            if lo != end:
-                if end > start:
-                    yield start, end - start
-                start = lo
-            end = hi
-        if end > start:
-            yield start, end - start
+            lo = i * CRAMFS_BLOCK_SIZE
+            source = (ext.start, ext.length, ext.uncompressed)
+            yield DataExtent(lo, min(lo + CRAMFS_BLOCK_SIZE, bm.size) - lo, source)
 
     def readlink(self, ino: Ino) -> bytes:
         node = self._node(ino)

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import itertools
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Final, ParamSpec, TypeVar
 
 from fusefs.erofs import format as f
@@ -34,6 +34,7 @@ from fusefs.erofs.data import (
     MAPPED,
     META,
     PARTIAL_REF,
+    Map,
     MetaboxBuf,
     MetaBuf,
     MetaRecord,
@@ -69,12 +70,14 @@ from fusefs.vfs import (
     Attr,
     BoundedCache,
     Capabilities,
+    DataExtent,
     DirEntry,
     Filesystem,
     FsStat,
     ImageBytes,
     Ino,
     MemoryConfig,
+    ranges_of,
 )
 from mmshim import PAGE_SIZE
 
@@ -497,28 +500,28 @@ class ErofsFilesystem(Filesystem):
             "extra_devices": sb.extra_devices,
         }
 
-    @_clean_errors
     def data_ranges(self, ino: Ino) -> Iterator[tuple[int, int]]:
-        """From the extent map: chunks and plain files whose block address is
-        the null address, and compressed holes, are holes (one map per chunk
-        or extent, and each is a record in the image: the walk is bounded
-        by the image's size, whatever ``i_size`` claims)."""
+        """From the extent map (:meth:`data_extents`): chunks and plain files
+        whose block address is the null address, and compressed holes, are
+        holes."""
+        return ranges_of(self.data_extents(ino))
+
+    @_clean_errors
+    def data_extents(self, ino: Ino) -> Iterator[DataExtent]:
+        """One per extent that is not a hole (one map per chunk or extent,
+        and each is a record in the image: the walk is bounded by the
+        image's size, whatever ``i_size`` claims), with its source: see
+        :func:`_source`."""
         with self.lock:
             inode, zmap = self._load(self.nid_of(ino))
             if not inode.is_reg:
                 raise InvalidArgumentError(f"nid {inode.nid}: not a regular file")
             maps = [m for m in iter_maps(self.image, self.sbi, inode, zmap)
                     if m.flags & (MAPPED | ENCODED | FRAGMENT)]  # fmt: skip
-        pending: tuple[int, int] | None = None  # [start, end) of data so far
+        bs = self.sbi.block_size
         for m in maps:
-            if pending is not None and pending[1] == m.la:
-                pending = (pending[0], m.end)
-                continue
-            if pending is not None:
-                yield pending[0], pending[1] - pending[0]
-            pending = (m.la, m.end)
-        if pending is not None:
-            yield pending[0], pending[1] - pending[0]
+            source, prefix = _source(m, inode.in_metabox, bs)
+            yield DataExtent(m.la, m.llen, source, prefix)
 
     def describe_inode(self, ino: Ino) -> dict[str, Any]:
         with self.lock:
@@ -653,6 +656,27 @@ class ErofsFilesystem(Filesystem):
                 self._close_memory()
             finally:
                 super().close()
+
+
+def _source(m: Map, in_metabox: bool, block_size: int) -> tuple[Hashable, bool]:
+    """What decides the bytes of extent ``m`` besides its length, and
+    whether they are a prefix of what that decodes to.
+
+    A fragment is bytes of the packed inode from ``fragmentoff``; plain
+    bytes are the image's (or the inode's metadata space's) from ``pa``;
+    both are prefixes.  A pcluster is its bytes (``pa``, ``plen``, in the
+    image or, inline, in the metadata space: the metabox's when the inode
+    is there), the algorithm, and for interlaced plain data the offset in
+    its block it is rotated by; its bytes are a prefix of what it decodes
+    to under a partial reference (dedupe), else all of it."""
+    if m.flags & FRAGMENT:
+        return ("fragment", m.fragmentoff), True
+    space = "metabox" if m.flags & META and in_metabox else "image"
+    if not m.flags & ENCODED:
+        return ("plain", space, m.pa), True
+    shift = m.la % block_size if m.algorithm == f.Z_EROFS_COMPRESSION_INTERLACED else 0
+    source = ("pcluster", space, bool(m.flags & META), m.pa, m.plen, m.algorithm, shift)
+    return source, bool(m.flags & PARTIAL_REF)
 
 
 def open_erofs(image: ImageBytes, memory: MemoryConfig) -> ErofsFilesystem:

@@ -187,3 +187,119 @@ def test_cramfs_holes_are_data_ranges_too(tmp_path: Path) -> None:
     out = tmp_path / "x" / "sparse"
     assert out.read_bytes() == (src / "sparse").read_bytes()
     assert os.stat(out).st_blocks * 512 <= 64 << 10
+
+
+BOMB = CORPUS / "valid-erofs-dedupe-bomb.img"
+BOMB_SIZE = 495 << 23
+
+
+def test_a_dedupe_bomb_is_checked_once_per_pcluster() -> None:
+    """12 KiB claiming 3.9 GiB: 495 extents of one 8 MiB zstd pcluster.  fsck
+    decodes that pcluster once and finds the image clean (the kernel mounts
+    it); before each extent was decoded again (3.9 GiB, 12.8 s)."""
+    from fusefs.commands.fsck import check
+
+    assert BOMB.stat().st_size == 12288
+    with open_image(BOMB) as fs:
+        ino = resolve(fs, "big")
+        assert fs.getattr(ino).size == BOMB_SIZE
+        extents = list(fs.data_extents(ino))
+        assert len(extents) == 495 and len({e.source for e in extents}) == 1
+        report = check(fs)
+        st = fs.memory_stats()
+        assert report.clean, report.problems
+        assert report.bytes_read == 8 << 20 and report.bytes_shared == BOMB_SIZE - (8 << 20)
+        assert st["pclusters_decoded"] == 1 and st["bytes_decompressed"] == 8 << 20
+        # what fsck skipped is what a reader gets
+        assert fs.read(ino, BOMB_SIZE - 5, 10) == b"xxxxx"
+    r = nommufs("fsck", str(BOMB), timeout=60)
+    assert r.returncode == 0 and r.stdout.decode().endswith(
+        f"clean; 2 inodes, 1 directories, 1 files, {8 << 20} bytes of data read"
+        f" ({BOMB_SIZE - (8 << 20)} more are extents of the same sources)\n"
+    ), r.stderr
+
+
+def test_fsck_stops_reading_past_what_the_image_can_hold() -> None:
+    """The same extents made distinct (each pcluster one byte longer: the
+    zero padding before the frame grows), so no identity helps: the file
+    wants more than MAX_RATIO times the image's size, so fsck reports it
+    and reads none of it."""
+    from fusefs.commands import fsck
+
+    img = bytearray(BOMB.read_bytes())
+    with open_image(BOMB) as fs:
+        extents = list(fs.data_extents(resolve(fs, "big")))
+    inode_end = 12288 - 8 * 495  # the records fill the rest of the metadata block
+    for i in range(495):
+        at = inode_end + 8 * i
+        plen = int.from_bytes(img[at : at + 4], "little")
+        img[at : at + 8] = (plen - i).to_bytes(4, "little") + (4096 + i).to_bytes(4, "little")
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"nommufs-bomb-{os.getpid()}.img"
+    try:
+        path.write_bytes(img)
+        with open_image(path) as fs:
+            distinct = list(fs.data_extents(resolve(fs, "big")))
+            assert len({e.source for e in distinct}) == 495 == len(extents)
+            assert fs.read(resolve(fs, "big"), BOMB_SIZE - 5, 10) == b"xxxxx"  # valid still
+            before = fs.memory_stats()["pclusters_decoded"]
+            report = fsck.check(fs)
+            assert report.bytes_read == 0 and fs.memory_stats()["pclusters_decoded"] == before
+        assert report.problems == [
+            f"/big: its {BOMB_SIZE} bytes of data would take fsck past"
+            f" {fsck.MAX_RATIO * 12288} bytes read, {fsck.MAX_RATIO} times this 12288-byte"
+            " image: its extents overlap or want a pcluster again and again; the data of"
+            " this and later files is not read"
+        ]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_extract_and_cat_refuse_what_does_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claimed 3.9 GiB against 16 MiB free: one line naming the file,
+    nothing written, before any data is decoded."""
+    import types
+
+    from fusefs.commands import extract
+    from fusefs.commands._common import NoSpaceError
+
+    def small(_where: object) -> types.SimpleNamespace:
+        return types.SimpleNamespace(f_bavail=4096, f_frsize=4096)
+
+    monkeypatch.setattr(os, "statvfs", small)
+    with open_image(BOMB) as fs:
+        with pytest.raises(NoSpaceError) as e:
+            extract.extract(fs, tmp_path / "x")
+        assert fs.memory_stats()["pclusters_decoded"] == 0
+    assert str(e.value) == (
+        f"extracting (/big: {BOMB_SIZE} bytes the largest file) needs {BOMB_SIZE} bytes,"
+        f" the filesystem of {tmp_path} has {16 << 20} free"
+    )
+    assert os.listdir(tmp_path) == []
+    # the same through the command line, into a real 16 MiB tmpfs (root only)
+    tmpfs = tmp_path / "tmpfs"
+    tmpfs.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(tmpfs)], check=False
+    ).returncode:
+        return
+    try:
+        r = nommufs("extract", str(BOMB), str(tmpfs / "x"), timeout=20)
+        assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert b"/big: " in r.stderr and os.listdir(tmpfs) == []
+        with open(tmpfs / "out", "wb") as out:
+            r = _cat_into(out, str(BOMB), "big")
+        assert r.returncode == 1
+        assert r.stderr.decode() == (
+            f"nommufs cat: big needs {BOMB_SIZE} bytes, the output's filesystem has"
+            f" {16 << 20} free\n"
+        )
+        assert os.stat(tmpfs / "out").st_size == 0
+        piped = subprocess.run(
+            f"{sys.executable} -m fusefs cat {BOMB} big | head -c 100000000 | wc -c",
+            shell=True, capture_output=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert piped.stdout.strip() == b"100000000"  # into a pipe it streams
+    finally:
+        subprocess.run(["umount", str(tmpfs)], check=True)
