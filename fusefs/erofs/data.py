@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from fusefs.erofs import format as f
 from fusefs.erofs.inode import NULL_STARTBLK, ErofsInode
@@ -132,18 +132,55 @@ FRAGMENT: Final = int(MapFlags.FRAGMENT)
 PARTIAL_REF: Final = int(MapFlags.PARTIAL_REF)
 
 
-class Map(NamedTuple):
+class Map:
     """Logical ``[la, la + llen)`` of a file and where its bytes are: raw at
     image offset ``pa`` (``plen`` bytes), a pcluster there that decodes to
-    them, a fragment of the packed inode, or a hole.  (``erofs_map_blocks``.)"""
+    them, a fragment of the packed inode, or a hole.  (``erofs_map_blocks``.)
 
-    la: int
-    llen: int
-    pa: int
-    plen: int
-    flags: int  # MapFlags bits, as a plain int
-    algorithm: int = f.Z_EROFS_COMPRESSION_SHIFTED  # Z_EROFS_COMPRESSION_*, for ENCODED
-    fragmentoff: int = 0
+    A plain immutable class, not a NamedTuple: compiled, it is a native
+    object made and read without Python-level calls, once or more per
+    pcluster a read decodes."""
+
+    __slots__ = ("algorithm", "flags", "fragmentoff", "la", "llen", "pa", "plen")
+
+    def __init__(
+        self,
+        la: int,
+        llen: int,
+        pa: int,
+        plen: int,
+        flags: int,  # MapFlags bits, as a plain int
+        algorithm: int = f.Z_EROFS_COMPRESSION_SHIFTED,  # Z_EROFS_COMPRESSION_*, for ENCODED
+        fragmentoff: int = 0,
+    ) -> None:
+        self.la: Final = la
+        self.llen: Final = llen
+        self.pa: Final = pa
+        self.plen: Final = plen
+        self.flags: Final = flags
+        self.algorithm: Final = algorithm
+        self.fragmentoff: Final = fragmentoff
+
+    def _fields(self) -> tuple[int, int, int, int, int, int, int]:
+        return (self.la, self.llen, self.pa, self.plen, self.flags, self.algorithm,
+                self.fragmentoff)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Map) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "Map(la={}, llen={}, pa={}, plen={}, flags={}, algorithm={}, fragmentoff={})".format(
+            *self._fields()
+        )
+
+    def clipped(self, la: int, llen: int) -> Map:
+        """The part ``[la, la + llen)`` of a fragment extent (plain bytes of
+        the packed inode, readable in any piece)."""
+        return Map(la, llen, self.pa, self.plen, self.flags, self.algorithm,
+                   self.fragmentoff + (la - self.la))  # fmt: skip
 
     @property
     def end(self) -> int:

@@ -62,7 +62,7 @@ def _clip_fragment(m: Map, lo: int) -> Map:
     (the kernel reads the packed inode page by page too)."""
     a = max(m.la, lo)
     b = min(m.end, lo + FRAGMENT_WINDOW)
-    return m._replace(la=a, llen=b - a, fragmentoff=m.fragmentoff + (a - m.la))
+    return m.clipped(a, b - a)
 
 
 class ZData:
@@ -178,7 +178,7 @@ class ZData:
             pad_window=pad_window,
             la=m.la,
             block_size=bs,
-            where=f"erofs inode nid {inode.nid} extent [{m.la}, {m.end}) @{m.pa:#x}",
+            where=lambda: f"erofs inode nid {inode.nid} extent [{m.la}, {m.end}) @{m.pa:#x}",
         )
         counters = self.mem.counters
         counters.bytes_decompressed += len(dst)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from fusefs.erofs.format import (
     COMPACT_2B_PACK,
@@ -118,14 +118,18 @@ class CompactEntry(NamedTuple):
 
 def decode_compact_pack(
     pack: bytes | bytearray | memoryview, geo: PackGeometry
-) -> tuple[list[CompactEntry], int]:
-    """The ``vcnt`` fields and the base block address of one pack."""
+) -> tuple[list[tuple[int, int]], int]:
+    """The ``vcnt`` fields (``(type, lo)``, as :class:`CompactEntry` holds
+    them; plain tuples, made without a Python-level constructor: a read
+    decodes a pack every few pclusters) and the base block address of one pack."""
     raw = int.from_bytes(bytes(pack[: geo.pack_size - 4]), "little")
-    lomask = (1 << geo.lobits) - 1
+    lobits = geo.lobits
+    lomask = (1 << lobits) - 1
+    bits = geo.encodebits
     entries = []
     for i in range(geo.vcnt):
-        v = raw >> (i * geo.encodebits)
-        entries.append(CompactEntry((v >> geo.lobits) & 3, v & lomask))
+        v = raw >> (i * bits)
+        entries.append(((v >> lobits) & 3, v & lomask))
     base = int.from_bytes(bytes(pack[geo.pack_size - 4 : geo.pack_size]), "little")
     return entries, base
 
@@ -142,20 +146,58 @@ def encode_compact_pack(entries: Sequence[CompactEntry], base: int, geo: PackGeo
     return raw.to_bytes(geo.pack_size - 4, "little") + (base & 0xFFFFFFFF).to_bytes(4, "little")
 
 
-class DecodedLcluster(NamedTuple):
-    """What one lcluster index says, normalised over the full and compact forms."""
+class DecodedLcluster:
+    """What one lcluster index says, normalised over the full and compact forms.
 
-    type: int
-    clusterofs: int  # HEAD/PLAIN: extent start in the lcluster; NONHEAD: lcluster size
-    blkaddr: int  # HEAD/PLAIN: pcluster block; NONHEAD: 0
-    delta0: int  # NONHEAD: lookback distance
-    delta1: int  # NONHEAD: lookahead distance (0 when unknown)
-    compressedblks: int  # NONHEAD with CBLKCNT: the pcluster's block count, else 0
-    partial_ref: bool
+    A plain class, not a NamedTuple: compiled, it is a native object whose
+    fields are read without a lookup (a read maps every extent through a few
+    of these); it is never unpacked as a tuple."""
+
+    __slots__ = (
+        "blkaddr",
+        "clusterofs",
+        "compressedblks",
+        "delta0",
+        "delta1",
+        "partial_ref",
+        "type",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        type: int,
+        clusterofs: int,
+        blkaddr: int,
+        delta0: int,
+        delta1: int,
+        compressedblks: int,
+        partial_ref: bool,
+    ) -> None:
+        self.type: Final = type
+        # HEAD/PLAIN: extent start in the lcluster; NONHEAD: the lcluster size
+        self.clusterofs: Final = clusterofs
+        self.blkaddr: Final = blkaddr  # HEAD/PLAIN: pcluster block; NONHEAD: 0
+        self.delta0: Final = delta0  # NONHEAD: lookback distance
+        self.delta1: Final = delta1  # NONHEAD: lookahead distance (0 when unknown)
+        self.compressedblks: Final = compressedblks  # NONHEAD with CBLKCNT: block count, else 0
+        self.partial_ref: Final = partial_ref
+
+    def _fields(self) -> tuple[int, int, int, int, int, int, bool]:
+        return (self.type, self.clusterofs, self.blkaddr, self.delta0, self.delta1,
+                self.compressedblks, self.partial_ref)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DecodedLcluster) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "DecodedLcluster({}, {}, {}, {}, {}, {}, {})".format(*self._fields())
 
 
 def decode_compact_entry(
-    entries: Sequence[CompactEntry],
+    entries: Sequence[tuple[int, int]],
     base: int,
     i: int,
     lclusterbits: int,

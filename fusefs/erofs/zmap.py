@@ -14,6 +14,7 @@ into the page cache."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from fusefs.erofs import format as f
 from fusefs.erofs import zindex as zi
@@ -26,6 +27,10 @@ from fusefs.vfs import ImageBytes
 _STRUCT = "erofs compressed index"
 
 
+# compact packs a ZMap keeps decoded (a few extents' worth, whatever their size)
+_PACKS_KEPT: Final = 16
+
+
 @dataclass(slots=True)
 class _Pack:
     """One compact pack: where it is, its first lcluster, its fields, and the
@@ -33,7 +38,7 @@ class _Pack:
 
     start: int
     first: int
-    entries: list[zi.CompactEntry]
+    entries: list[tuple[int, int]]  # (type, lo) of each field
     base: int
     decoded: list[zi.DecodedLcluster | None]
 
@@ -216,7 +221,8 @@ class ZMap:
         self.idata_size = 0
         self.idataoff = 0
         self.tail_head_lcn = -1
-        self._pack_memo: _Pack | None = None
+        self._pack_memo: _Pack | None = None  # the pack visited last
+        self._packs: dict[int, _Pack] = {}  # recent packs by position, oldest first
         self._last: Map | None = None  # the extent mapped last (reads ask again and again)
         self.extents: _Extents | None = None
         if self.whole_fragment:
@@ -294,8 +300,10 @@ class ZMap:
 
     def load(self, lcn: int) -> zi.DecodedLcluster:
         """The index of lcluster ``lcn``, decoded.  The lclusters of the
-        compact pack visited last are kept decoded: a sequential read asks
-        for each of them several times."""
+        last few compact packs visited are kept decoded: a sequential read
+        asks for each of them several times, and mapping one extent walks
+        back to its head and forward to its end, often across packs (a 4B
+        pack holds only two lclusters)."""
         if lcn < 0 or lcn >= self.total:
             raise self._bad(f"lcluster {lcn} outside 0..{self.total - 1}")
         memo = self._pack_memo
@@ -338,13 +346,16 @@ class ZMap:
                 f"with lcluster bits {self.lclusterbits}"
             )
         start = pos - pos % geo.pack_size
-        memo = self._pack_memo
-        if memo is not None and memo.start == start:
-            return memo
-        raw = self.meta.slice(start, geo.pack_size, structure=_STRUCT, nid=self.nid)
-        entries, base = zi.decode_compact_pack(raw, geo)
-        first = lcn - (pos - start) // amort
-        memo = self._pack_memo = _Pack(start, first, entries, base, [None] * len(entries))
+        memo = self._packs.get(start)
+        if memo is None:
+            raw = self.meta.slice(start, geo.pack_size, structure=_STRUCT, nid=self.nid)
+            entries, base = zi.decode_compact_pack(raw, geo)
+            first = lcn - (pos - start) // amort
+            memo = _Pack(start, first, entries, base, [None] * len(entries))
+            self._packs[start] = memo
+            if len(self._packs) > _PACKS_KEPT:
+                del self._packs[next(iter(self._packs))]
+        self._pack_memo = memo
         return memo
 
     def _lookback(self, lcn: int, distance: int) -> tuple[zi.DecodedLcluster, int]:
