@@ -42,7 +42,7 @@ def run(
         pad_window=4096,
         la=la,
         block_size=4096,
-        where="test",
+        where=lambda: "test",
     )
     return bytes(dst)
 
