@@ -103,3 +103,21 @@ def test_plain_shifted_and_interlaced() -> None:
     assert run(f.Z_EROFS_COMPRESSION_INTERLACED, stored, 4096, la=8192 + 1000) == want
     with pytest.raises(CorruptImageError):
         run(f.Z_EROFS_COMPRESSION_SHIFTED, block[:100], 300)
+
+
+def test_zstd_decodes_no_more_than_it_is_asked_for() -> None:
+    """A small pcluster of RLE blocks decodes to megabytes: a partial read of
+    it holds only what it wants (and one byte more), never the whole stream."""
+    import tracemalloc
+
+    params = zstandard.ZstdCompressionParameters(window_log=17)  # within the CFG's 1 MiB
+    bomb = zstandard.ZstdCompressor(compression_params=params).compress(b"x" * (16 << 20))
+    assert len(bomb) < 4096
+    tracemalloc.start()
+    try:
+        out = run(f.Z_EROFS_COMPRESSION_ZSTD, padded(bomb), 8192, partial=True)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out == b"x" * 8192
+    assert peak < 1 << 20, f"decoding 8 KiB held {peak} bytes"
