@@ -32,7 +32,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, NewType
+from typing import BinaryIO, NewType, TypeVar
 
 from fusefs import atomicfile
 from fusefs.vfs import FILE_TYPES, HasMode
@@ -41,8 +41,9 @@ from mkimage.errors import BuildError
 LinkKey = NewType("LinkKey", tuple[int, int])
 """Identity of a source inode: ``(st_dev, st_ino)``; tar members get ``(-1, n)``."""
 
-NAME_MAX = 255  # longest name any of the image formats stores
+_B = TypeVar("_B", bytes, bytearray)
 
+NAME_MAX = 255  # longest name any of the image formats stores
 
 
 def show(path: bytes) -> str:
@@ -56,6 +57,10 @@ class DataSource:
     def read(self) -> bytes:
         raise NotImplementedError
 
+    def read_buffer(self) -> bytearray:
+        """The contents in a buffer of their own (compressors bind it)."""
+        return bytearray(self.read())
+
 
 @dataclass(frozen=True, slots=True)
 class FileData(DataSource):
@@ -67,6 +72,36 @@ class FileData(DataSource):
     ino: int
 
     def read(self) -> bytes:
+        def chunks(fd: int) -> tuple[bytes, int]:
+            parts = []
+            left = self.size
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 24))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                left -= len(chunk)
+            return b"".join(parts), self.size - left
+
+        return self._read(chunks)
+
+    def read_buffer(self) -> bytearray:
+        def into(fd: int) -> tuple[bytearray, int]:
+            buf = bytearray(self.size)
+            view = memoryview(buf)
+            got = 0
+            while got < self.size:
+                n = os.readv(fd, [view[got:]])
+                if not n:
+                    break
+                got += n
+            return buf, got
+
+        return self._read(into)
+
+    def _read(self, body: Callable[[int], tuple[_B, int]]) -> _B:
+        """``body(fd)`` (the data and how many bytes it got) between the
+        checks that the file is the one scanned and did not change."""
         where = show(self.path)
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -75,24 +110,17 @@ class FileData(DataSource):
         try:
             before = os.fstat(fd)
             self._check(before, where)
-            chunks = []
-            left = self.size
-            while left > 0:
-                chunk = os.read(fd, min(left, 1 << 24))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                left -= len(chunk)
+            data, got = body(fd)
             extra = os.read(fd, 1)
             after = os.fstat(fd)
         except OSError as e:
             raise BuildError(f"{where}: cannot read: {e.strerror}") from None
         finally:
             os.close(fd)
-        if left or extra:
+        if got < self.size or extra:
             raise BuildError(f"{where}: file changed size while being read")
         self._check(after, where)
-        return b"".join(chunks)
+        return data
 
     def _check(self, st: os.stat_result, where: str) -> None:
         if (
@@ -166,7 +194,6 @@ class Node(HasMode):
     def name(self) -> bytes:
         return self.path.rsplit(b"/", 1)[-1]
 
-
     def read_data(self) -> bytes:
         """The file's bytes (regular files), the target (symlinks), else ``b""``.
         Raises BuildError naming the path if the source changed or is unreadable."""
@@ -175,6 +202,15 @@ class Node(HasMode):
         if not self.is_reg or self.data is None or self.size == 0:
             return b""
         data = self.data.read()
+        if len(data) != self.size:
+            raise BuildError(f"{show(self.path)}: file changed size while being read")
+        return data
+
+    def read_buffer(self) -> bytearray:
+        """A regular file's bytes in a buffer of their own (for compressors)."""
+        if not self.is_reg or self.data is None or self.size == 0:
+            return bytearray()
+        data = self.data.read_buffer()
         if len(data) != self.size:
             raise BuildError(f"{show(self.path)}: file changed size while being read")
         return data

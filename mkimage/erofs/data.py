@@ -53,6 +53,12 @@ class FileResult:
     pieces: list[bytes] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
     fragment: bytes = b""  # -E fragments: the tail that goes to the packed inode
+    written: int = 0  # payload bytes a worker process wrote into the image itself
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the data region (whoever writes them)."""
+        return len(self.payload) + self.written
 
 
 # What prepare_file decides about an inode, besides its FileResult: a worker
@@ -122,16 +128,16 @@ def compresses(size: int, opts: ErofsOptions) -> bool:
 
 
 def prepare_file(node: Node, ino: Inode, opts: ErofsOptions, cutter: Cutter | None) -> FileResult:
-    data = node.read_data()
     bs = opts.block_size
-    size = len(data)
+    size = node.size
     codec = opts.codec
     frag = opts.fragments
     ztail = "ztailpacking" in opts.extended and not frag
     if codec is not None and cutter is not None and "all-fragments" in opts.extended and size:
-        return _whole_fragment(ino, data)
+        return _whole_fragment(ino, node.read_data())
+    buf: bytearray | None = None
     if codec is not None and cutter is not None and compresses(size, opts):
-        buf = bytearray(data)
+        buf = node.read_buffer()
         zero_padding = not ("legacy-compress" in opts.extended and codec.algorithm == 0)
         inline_max = bs - EROFS_SLOTSIZE if ztail else 0
         extents = cutter(buf, zero_padding, inline_max)
@@ -159,6 +165,7 @@ def prepare_file(node: Node, ino: Inode, opts: ErofsOptions, cutter: Cutter | No
                 res.placed, res.pieces = placed, pieces
                 res.digests = [hashlib.sha256(buf[e.la : e.la + e.llen]).digest() for e in extents]
             return res
+    data = node.read_data() if buf is None else bytes(buf)
     if opts.chunk_size and size:
         return _chunked(data, ino, opts, opts.chunk_size)
     if codec is None and size >= bs:

@@ -18,18 +18,28 @@ Files go out in batches (consecutive files in tree order, about
 :data:`WINDOW` per worker not yet taken by the writer (which bounds memory).
 The writer's own thread takes in whatever any worker has sent (poll) while
 it waits for the next batch in order, so a worker never waits for the
-writer to get round to it; each message is read once, into one buffer, and
-the payloads are written to the image from views of it.
+writer to get round to it.
+
+The data itself does not come back when the image is a file (``out_fd``):
+a batch's payloads are one contiguous run of the data area, so once the
+writer has taken the batches before it, the pool knows where it starts and
+tells the worker, which writes it there itself (pwrite on the inherited
+descriptor) and keeps it until then; the writer only lays out metadata.
+Otherwise (or with ``-E dedupe``, where the writer picks the pclusters)
+the payloads follow the message, read once into one buffer and written
+from views of it.
 
 Only sources every process can read on its own are forked for (files
 under SRC, bytes in memory); a tar archive's members share one file position
-and stay with threads.  Messages: a le64 length pair, the pickled
-results (payloads left out) and the payloads back to back, with writev.
+and stay with threads.  Messages: a le64 length pair, the pickled results
+(payloads left out), then any payloads back to back, with writev; a worker
+that fails to write sends its error with the top bit of the first length set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import gc
 import os
@@ -41,7 +51,15 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-from mkimage.erofs.data import Cutter, FileResult, apply_plan, plan_of, prepare_file
+from fusefs.erofs.format import DataLayout, MapHeader
+from mkimage.erofs.data import (
+    PLAN_FIELDS,
+    Cutter,
+    FileResult,
+    apply_plan,
+    plan_of,
+    prepare_file,
+)
 from mkimage.erofs.inode import Inode
 from mkimage.erofs.options import ErofsOptions
 from mkimage.errors import BuildError
@@ -51,11 +69,14 @@ BATCH_BYTES: Final = 1 << 20
 BATCH_FILES: Final = 256
 WINDOW: Final = 4
 _HEADER: Final = struct.Struct("<QQ")
-_TASK: Final = struct.Struct("<II")
+_TASK: Final = struct.Struct("<BIQQ")  # kind, batch, then a, b (PREPARE) or offset (PLACE)
+_PREPARE, _PLACE = 0, 1
+_ERROR: Final = 1 << 63
 _IOV_MAX: Final = 1024
 _PIPE_BYTES: Final = 1 << 20
 
 Prepared = tuple[tuple[object, ...], FileResult]
+_RESULT_FIELDS: Final = [f.name for f in dataclasses.fields(FileResult)]
 
 
 def forkable(files: Sequence[Inode]) -> bool:
@@ -77,39 +98,66 @@ def batches(files: Sequence[Inode]) -> list[tuple[int, int]]:
     return out
 
 
+def _to_wire(plan: tuple[object, ...], res: FileResult) -> tuple[object, ...]:
+    """Plain values only: pickling slotted dataclasses and enums runs Python
+    code per object, on both sides."""
+    fields = dict(zip(PLAN_FIELDS, plan, strict=True))
+    header = fields["map_header"]
+    fields["layout"] = int(fields["layout"])  # type: ignore[call-overload]
+    fields["map_header"] = None if header is None else dataclasses.astuple(header)  # type: ignore[call-overload]
+    return (tuple(fields.values()), int(res.layout), *(getattr(res, f) for f in _RESULT_FIELDS[2:]))
+
+
+def _from_wire(wire: tuple[object, ...]) -> Prepared:
+    plan, layout, *rest = wire
+    fields = dict(zip(PLAN_FIELDS, plan, strict=True))  # type: ignore[call-overload]
+    fields["layout"] = DataLayout(fields["layout"])
+    if fields["map_header"] is not None:
+        fields["map_header"] = MapHeader(*fields["map_header"])
+    return tuple(fields.values()), FileResult(DataLayout(layout), b"", *rest)  # type: ignore[arg-type]
+
+
 def prepare_batch(
-    files: Sequence[Inode], opts: ErofsOptions, cutter: Cutter | None
-) -> list[bytes | memoryview]:
-    """One message, as buffers to write in order: every file of ``files``
+    files: Sequence[Inode], opts: ErofsOptions, cutter: Cutter | None, *, send_payloads: bool
+) -> tuple[list[bytes | memoryview], list[bytes | memoryview]]:
+    """One message, as buffers to write in order (the payloads at its end
+    when ``send_payloads``), and the payloads: every file of ``files``
     prepared, or the BuildError."""
-    done: list[Prepared] = []
+    done = []
     payloads: list[bytes | memoryview] = []
+    lengths = []
     try:
         for ino in files:
             res = prepare_file(ino.node, ino, opts, cutter)
             if res.payload:
                 payloads.append(res.payload)
-            done.append((plan_of(ino), res))
-        lengths = [len(r.payload) for _, r in done]
-        for _, r in done:
-            r.payload = b""
+            lengths.append(len(res.payload))
+            done.append(_to_wire(plan_of(ino), res))
         body = pickle.dumps((None, done, lengths), pickle.HIGHEST_PROTOCOL)
     except BuildError as e:
         body, payloads = pickle.dumps((str(e), [], [])), []
-    return [_HEADER.pack(len(body), sum(map(len, payloads))), body, *payloads]
+    sent = payloads if send_payloads else []
+    return [_HEADER.pack(len(body), sum(map(len, sent))), body, *sent], payloads
 
 
-def read_batch(body: memoryview, payload: memoryview) -> list[Prepared]:
+def read_batch(body: memoryview, payload: memoryview | None) -> list[Prepared]:
     """The results of one message (BuildError when the worker met one); the
-    payloads are views of ``payload``."""
+    payloads are views of ``payload``, or empty with their sizes in
+    ``FileResult.written`` when the worker writes them (None)."""
     error, done, lengths = pickle.loads(body)
     if error is not None:
         raise BuildError(error)
+    out = []
     pos = 0
-    for (_plan, res), n in zip(done, lengths, strict=True):
-        res.payload = payload[pos : pos + n]
-        pos += n
-    return list(done)
+    for wire, n in zip(done, lengths, strict=True):
+        plan, res = _from_wire(wire)
+        if payload is None:
+            res.written = n
+        else:
+            res.payload = payload[pos : pos + n]
+            pos += n
+        out.append((plan, res))
+    return out
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:
@@ -137,18 +185,48 @@ def _write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
             views[0] = views[0][n:]
 
 
-def _worker(tasks: int, results: int, files: Sequence[Inode], opts: ErofsOptions) -> None:
-    """A child's whole life: batches in, messages out, until the task pipe closes."""
+def _pwrite_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+    views = [memoryview(b) for b in buffers if len(b)]
+    while views:
+        n = os.pwritev(fd, views[:_IOV_MAX], offset)
+        offset += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
+
+
+def _worker(
+    tasks: int, results: int, files: Sequence[Inode], opts: ErofsOptions, out_fd: int | None
+) -> None:
+    """A child's whole life: batches in, messages out, payloads written
+    where the writer says, until the task pipe closes."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_DFL)
     gc.disable()  # nothing a worker makes is cyclic; collections only touch shared pages
     cutter = Cutter(opts, None) if opts.codec is not None else None
+    held: dict[int, list[bytes | memoryview]] = {}  # batch -> payloads, until placed
     while True:
         task = _read_exactly(tasks, _TASK.size)
         if task is None:
             return
-        a, b = _TASK.unpack(task)
-        _write_all(results, prepare_batch(files[a:b], opts, cutter))
+        kind, k, a, b = _TASK.unpack(task)
+        if kind == _PREPARE:
+            message, payloads = prepare_batch(
+                files[a:b], opts, cutter, send_payloads=out_fd is None
+            )
+            if out_fd is not None:
+                held[k] = payloads
+            _write_all(results, message)
+            continue
+        assert out_fd is not None
+        try:
+            _pwrite_all(out_fd, held.pop(k), a)
+        except OSError as e:
+            body = f"writing the image: {e.strerror or e}".encode()
+            _write_all(results, [_HEADER.pack(_ERROR | len(body), 0), body])
+            return
 
 
 class _Inbox:
@@ -164,14 +242,22 @@ class _Inbox:
 
 class ProcessPool:
     """``workers`` forked children preparing ``files``; :meth:`results`
-    yields them in order.  Use as a context manager: leaving it ends the
-    children (killed if the writer stopped early)."""
+    yields them in order.  With ``out_fd`` the workers write the payloads
+    into it themselves (except under -E dedupe).  Use as a context manager:
+    leaving it waits for the children's writes (or kills them if the writer
+    stopped early)."""
 
-    def __init__(self, files: Sequence[Inode], opts: ErofsOptions, workers: int) -> None:
+    def __init__(
+        self, files: Sequence[Inode], opts: ErofsOptions, workers: int, out_fd: int | None = None
+    ) -> None:
         self.files = files
         self.batches = batches(files)
+        if "dedupe" in opts.extended:
+            out_fd = None  # the writer chooses which pclusters to write
+        self.out_fd = out_fd
         self.received: dict[int, tuple[memoryview, memoryview]] = {}
         self.owned: list[deque[int]] = [deque() for _ in range(workers)]  # batches out, in order
+        self.holder: dict[int, int] = {}  # batch -> worker holding its payloads
         self.next = 0  # first batch not yet handed out
         self.consumed = 0  # batches the writer has taken
         self.pids: list[int] = []
@@ -189,7 +275,7 @@ class ProcessPool:
                 try:
                     for fd in parent_ends:
                         os.close(fd)
-                    _worker(tr, rw, files, opts)
+                    _worker(tr, rw, files, opts, out_fd)
                 except BaseException:
                     code = 1
                 finally:
@@ -213,8 +299,10 @@ class ProcessPool:
             w = min(range(len(self.owned)), key=lambda k: len(self.owned[k]))
             if len(self.owned[w]) >= 2:
                 return
-            _write_all(self.tasks[w], [_TASK.pack(*self.batches[self.next])])
+            a, b = self.batches[self.next]
+            _write_all(self.tasks[w], [_TASK.pack(_PREPARE, self.next, a, b)])
             self.owned[w].append(self.next)
+            self.holder[self.next] = w
             self.next += 1
 
     def _pump(self) -> None:
@@ -229,7 +317,7 @@ class ProcessPool:
                 box.fill += k
                 if box.fill == len(box.head):
                     n, m = _HEADER.unpack(box.head)
-                    box.buf, box.fill = bytearray(n + m), 0
+                    box.buf, box.fill = bytearray((n & ~_ERROR) + m), 0
             else:
                 k = os.readv(fd, [memoryview(box.buf)[box.fill :]])
                 if k == 0:
@@ -237,19 +325,33 @@ class ProcessPool:
                 box.fill += k
             if box.buf is not None and box.fill == len(box.buf):
                 n, _m = _HEADER.unpack(box.head)
+                if n & _ERROR:
+                    raise BuildError(box.buf.decode(errors="replace"))
                 view = memoryview(box.buf)
                 self.received[self.owned[w].popleft()] = (view[:n], view[n:])
                 box.buf, box.fill = None, 0
                 self._dispatch()
 
-    def results(self) -> Iterator[tuple[Inode, FileResult]]:
+    def results(self, start: int = 0) -> Iterator[tuple[Inode, FileResult]]:
+        """Every file in order; with ``out_fd`` the data area starts at byte
+        ``start`` of it, and each file's payload lands right after the one
+        before (the writer checks the end with :attr:`end`)."""
+        self.end = start
         for k, (a, _b) in enumerate(self.batches):
             while k not in self.received:
                 self._pump()
             body, payload = self.received.pop(k)
             self.consumed += 1
             self._dispatch()
-            for i, (plan, res) in enumerate(read_batch(body, payload)):
+            done = read_batch(body, None if self.out_fd is not None else payload)
+            if self.out_fd is not None:
+                size = sum(res.written for _, res in done)
+                if size:
+                    place = _TASK.pack(_PLACE, k, self.end, 0)
+                    _write_all(self.tasks[self.holder[k]], [place])
+                self.end += size
+            del self.holder[k]
+            for i, (plan, res) in enumerate(done):
                 ino = self.files[a + i]
                 apply_plan(ino, plan)
                 yield ino, res
@@ -263,12 +365,36 @@ class ProcessPool:
         if exc[0] is not None:
             for pid in self.pids:
                 os.kill(pid, signal.SIGKILL)
-        failed = []
-        for pid in self.pids:
-            _, status = os.waitpid(pid, 0)
-            if status:
-                failed.append(pid)
-        for fd in self.results_fds:
-            os.close(fd)
-        if failed and exc[0] is None:
-            raise BuildError(f"worker process {failed[0]} failed")
+        errors = []
+        try:
+            if exc[0] is None:
+                # the last payloads are being written: a worker that could not says why
+                errors = [e for fd in self.results_fds if (e := _drain(fd)) is not None]
+        finally:
+            failed = []
+            for pid in self.pids:
+                _, status = os.waitpid(pid, 0)
+                if status:
+                    failed.append(pid)
+            for fd in self.results_fds:
+                os.close(fd)
+        if exc[0] is None:
+            if errors:
+                raise BuildError(errors[0])
+            if failed:
+                raise BuildError(f"worker process {failed[0]} failed")
+
+
+def _drain(fd: int) -> str | None:
+    """Read a worker's pipe to its end, once every batch was taken: the
+    error it sent, if any."""
+    data = bytearray()
+    while chunk := os.read(fd, 1 << 16):
+        data += chunk
+    while len(data) >= _HEADER.size:
+        n, m = _HEADER.unpack_from(data)
+        body = data[_HEADER.size : _HEADER.size + (n & ~_ERROR) + m]
+        if n & _ERROR:
+            return body.decode(errors="replace")
+        del data[: _HEADER.size + n + m]
+    return None

@@ -167,15 +167,26 @@ class ErofsWriter:
 
     # -- data -----------------------------------------------------------
 
-    def _file_results(self, files: list[Inode]) -> Iterator[tuple[Inode, FileResult]]:
+    def _file_results(
+        self, files: list[Inode], out: BinaryIO, data_start: int
+    ) -> Iterator[tuple[Inode, FileResult]]:
         """Prepared files in tree order, computed by worker processes
         (:mod:`mkimage.erofs.pool`) or, for -j 1 and tar sources, a pool of
         threads."""
         opts = self.opts
         workers = opts.workers or min(os.cpu_count() or 1, 8)
         if workers > 1 and forkable(files):
-            with ProcessPool(files, opts, workers) as processes:
-                yield from processes.results()
+            # the workers write the data area themselves, from byte ``data_start`` of ``out``
+            try:
+                out.flush()
+                fd: int | None = out.fileno()
+            except (OSError, AttributeError, ValueError):
+                fd = None
+            with ProcessPool(files, opts, workers, fd) as processes:
+                yield from processes.results(data_start)
+                placed = sum(i.data_blocks for i in files) * self.bs
+                if processes.out_fd is not None and processes.end != data_start + placed:
+                    raise BuildError("internal: the workers' data area is not where it belongs")
             return
         # two pools: file tasks may wait for their segments, segment tasks never wait
         with (
@@ -215,7 +226,7 @@ class ErofsWriter:
     def _place_file(self, ino: Inode, res: FileResult, cursor: int) -> None:
         ino.layout = res.layout
         ino.startblk = cursor
-        ino.data_blocks = len(res.payload) // self.bs
+        ino.data_blocks = res.data_bytes // self.bs
         ino.inline = res.inline
         if res.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
             ino.chunks = res.chunks
@@ -331,7 +342,8 @@ class ErofsWriter:
         files = [i for i in self.inodes if i.node.is_reg]
         report = BuildReport(block_size=bs, inodes=len(self.inodes))
         packed = bytearray()
-        for done, (ino, res) in enumerate(self._file_results(files), 1):
+        start = opts.offset + cursor * bs
+        for done, (ino, res) in enumerate(self._file_results(files, out, start), 1):
             self._place_file(ino, res, cursor)
             payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
             f.write(payload)
@@ -344,6 +356,7 @@ class ErofsWriter:
                 report.chunked_files += 1
             if opts.progress is not None:
                 opts.progress(done, len(files))
+        f.seek(cursor * bs)  # past what worker processes wrote themselves
         if packed:
             cursor = self._write_packed(f, bytes(packed), cursor)
         meta_blk = cursor

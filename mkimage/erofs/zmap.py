@@ -68,36 +68,34 @@ def lcluster_entries(
     lc = 1 << lclusterbits
     total = -(-size // lc)
     out: list[Lcluster | None] = [None] * total
-    for e in extents:
-        n0, c = divmod(e.la, lc)
-        crossed = (c + e.llen) >> lclusterbits
+    nonhead, head1, plain = (
+        Z_EROFS_LCLUSTER_TYPE_NONHEAD, Z_EROFS_LCLUSTER_TYPE_HEAD1, Z_EROFS_LCLUSTER_TYPE_PLAIN
+    )  # fmt: skip
+    # positional arguments throughout: this runs once per block of every file
+    for la, llen, blkaddr, blocks, compressed, fragment in extents:
+        n0, c = divmod(la, lc)
+        crossed = (c + llen) >> lclusterbits
         if out[n0] is not None:
             raise BuildError(f"internal: two extents start in lcluster {n0}")
-        ltype = Z_EROFS_LCLUSTER_TYPE_HEAD1 if e.compressed else Z_EROFS_LCLUSTER_TYPE_PLAIN
-        if e.fragment:
+        if fragment:
             # erofs: a fragment's HEAD1 has no pcluster; in full indexes its
             # blkaddr holds bits 32..63 of the fragment offset (0 here)
-            out[n0] = Lcluster(Z_EROFS_LCLUSTER_TYPE_HEAD1, clusterofs=c, sentinel=True)
+            out[n0] = Lcluster(head1, c, 0, 0, 0, 0, True)
         else:
-            out[n0] = Lcluster(ltype, clusterofs=c, blkaddr=e.blkaddr)
-        for j in range(1, crossed):
-            if n0 + j >= total:
-                break
-            if j == 1 and big:
-                out[n0 + j] = Lcluster(
-                    Z_EROFS_LCLUSTER_TYPE_NONHEAD, delta0=1, delta1=crossed - j, cblkcnt=e.blocks
-                )
-            else:
-                out[n0 + j] = Lcluster(
-                    Z_EROFS_LCLUSTER_TYPE_NONHEAD, delta0=min(j, _D0_MAX), delta1=crossed - j
-                )
+            out[n0] = Lcluster(head1 if compressed else plain, c, blkaddr, 0, 0, 0, False)
+        stop = min(crossed, total - n0)
+        first = 1
+        if big and stop > 1:
+            out[n0 + 1] = Lcluster(nonhead, 0, 0, 1, crossed - 1, blocks, False)
+            first = 2
+        for j in range(first, stop):
+            out[n0 + j] = Lcluster(nonhead, 0, 0, min(j, _D0_MAX), crossed - j, 0, False)
     if total and out[-1] is None:
         # erofs: EOF inside an lcluster after the last extent's boundary: a PLAIN sentinel
-        out[-1] = Lcluster(Z_EROFS_LCLUSTER_TYPE_PLAIN, clusterofs=size % lc, sentinel=True)
-    missing = [i for i, e in enumerate(out) if e is None]
-    if missing:
-        raise BuildError(f"internal: lcluster {missing[0]} has no index")
-    return [e for e in out if e is not None]
+        out[-1] = Lcluster(plain, size % lc, 0, 0, 0, 0, True)
+    if None in out:
+        raise BuildError(f"internal: lcluster {out.index(None)} has no index")
+    return out  # type: ignore[return-value]  # no None left
 
 
 def full_index_bytes(header: MapHeader, entries: Sequence[Lcluster]) -> bytes:
@@ -142,8 +140,10 @@ def compact_index_bytes(
         if geo is None:
             raise BuildError(f"internal: no compact pack for lclusterbits {lclusterbits}")
         group = entries[i : i + geo.vcnt]
-        fields = [_field(e, k == geo.vcnt - 1) for k, e in enumerate(group)]
-        fields += [CompactEntry(Z_EROFS_LCLUSTER_TYPE_PLAIN, 0)] * (geo.vcnt - len(group))
+        fields = [_field(e, False) for e in group]
+        if len(group) == geo.vcnt:
+            fields[-1] = _field(group[-1], True)
+        fields += [_PAD_FIELD] * (geo.vcnt - len(group))
         base = 0
         for h, e in enumerate(group):
             if e.type != Z_EROFS_LCLUSTER_TYPE_NONHEAD:
@@ -159,13 +159,18 @@ def compact_index_bytes(
     return out
 
 
+_PAD_FIELD = CompactEntry(Z_EROFS_LCLUSTER_TYPE_PLAIN, 0)
+
+
 def _field(e: Lcluster, last: bool) -> CompactEntry:
-    if e.type != Z_EROFS_LCLUSTER_TYPE_NONHEAD:
-        return CompactEntry(e.type, e.clusterofs)
+    # plain (type, lo) tuples: the pack codec only unpacks them
+    t = e.type
+    if t != Z_EROFS_LCLUSTER_TYPE_NONHEAD:
+        return (t, e.clusterofs)  # type: ignore[return-value]
     if e.cblkcnt:
-        return CompactEntry(e.type, Z_EROFS_LI_D0_CBLKCNT | e.cblkcnt)
+        return (t, Z_EROFS_LI_D0_CBLKCNT | e.cblkcnt)  # type: ignore[return-value]
     # erofs: the last field of a pack holds delta[1] (capped), not delta[0]
-    return CompactEntry(e.type, min(e.delta1, _D0_MAX) if last else e.delta0)
+    return (t, min(e.delta1, _D0_MAX) if last else e.delta0)  # type: ignore[return-value]
 
 
 def rebase_offsets(header_pos: int, entries: Sequence[Lcluster], *, compact: bool,

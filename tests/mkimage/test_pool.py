@@ -42,7 +42,10 @@ def _options(case: str) -> ErofsOptions:
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("workers", [1, 3])
-def test_worker_results_equal_in_process(rich_tree: Path, case: str, workers: int) -> None:
+@pytest.mark.parametrize("writes", [False, True], ids=["payloads-sent", "workers-write"])
+def test_worker_results_equal_in_process(
+    rich_tree: Path, tmp_path: Path, case: str, workers: int, writes: bool
+) -> None:
     opts = _options(case)
     here = _files(rich_tree, opts)
     cutter = Cutter(opts, None) if opts.codec is not None else None
@@ -52,12 +55,26 @@ def test_worker_results_equal_in_process(rich_tree: Path, case: str, workers: in
         expected.append((plan_of(ino), res))
     there = _files(rich_tree, opts)
     assert forkable(there)
-    with ProcessPool(there, opts, workers) as pool:
-        got = [(ino, res) for ino, res in pool.results()]
+    start = 3 * 4096
+    with open(tmp_path / "data", "w+b") as out:
+        fd = out.fileno() if writes else None
+        with ProcessPool(there, opts, workers, fd) as pool:
+            got = list(pool.results(start))
+        written = out.read()
     assert [ino.node.path for ino, _ in got] == [ino.node.path for ino in here]
     # the writer's own inodes carry the worker's decisions, field by field
-    assert [(plan_of(ino), res) for ino, res in got] == expected
-    assert any(res.payload for _, res in got)
+    assert [plan_of(ino) for ino, _ in got] == [plan for plan, _ in expected]
+    if writes and pool.out_fd is not None:
+        # the data area, each file right after the one before, at ``start``
+        assert all(not res.payload for _, res in got)
+        assert [res.written for _, res in got] == [len(res.payload) for _, res in expected]
+        assert written[:start] == bytes(start)
+        assert written[start:] == b"".join(res.payload for _, res in expected)
+        assert pool.end == len(written)
+        for (_, res), (_, want) in zip(got, expected, strict=True):
+            res.payload, res.written = want.payload, 0
+    assert [res for _, res in got] == [res for _, res in expected]
+    assert any(res.payload for _, res in expected)
 
 
 def test_batches_cover_every_file_once_in_order(rich_tree: Path) -> None:
@@ -76,5 +93,23 @@ def test_a_worker_error_reaches_the_writer(tmp_path: Path) -> None:
     files = _files(src, opts)
     (src / "f3").write_bytes(b"changed")  # after the scan
     with pytest.raises(BuildError, match="f3"), ProcessPool(files, opts, 2) as pool:
+        for _ in pool.results():
+            pass
+
+
+def test_a_worker_that_cannot_write_says_why(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}").write_bytes(os.urandom(20000))
+    opts = _options("lz4")
+    files = _files(src, opts)
+    (tmp_path / "ro").write_bytes(b"")
+    # read-only: pwrite fails with EBADF, in the worker, after every batch was taken
+    with (
+        open(tmp_path / "ro", "rb") as ro,
+        pytest.raises(BuildError, match="writing the image: Bad file descriptor"),
+        ProcessPool(files, opts, 2, ro.fileno()) as pool,
+    ):
         for _ in pool.results():
             pass
