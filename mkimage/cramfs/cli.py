@@ -7,7 +7,6 @@ import sys
 import time
 
 from fusefs.cmdline import verbosity
-from mkimage.cramfs.writer import CramfsOptions, build_cramfs
 from mkimage.errors import BuildError
 from mkimage.tree import ScanOptions, atomic_output, scan
 
@@ -102,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # here, not at the top: `mkimage erofs` imports this module for its help only
+    from mkimage.cramfs.writer import CramfsOptions, build_cramfs
+
     if args.xip_globs and not args.xip:
         raise BuildError("--xip needs -X")
     endian = {"host": sys.byteorder, "reverse": _OTHER_ORDER[sys.byteorder]}.get(

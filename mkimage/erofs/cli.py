@@ -31,12 +31,14 @@ Choices where mkfs.erofs versions or kernels differ:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import gc
 import os
 import sys
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from fusefs.erofs.format import Z_EROFS_PCLUSTER_MAX_SIZE
@@ -295,12 +297,26 @@ def _progress_bar() -> Callable[[int, int], None]:
     return show
 
 
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """A build makes a few objects per source file that live until it ends:
+    the cyclic collector would only walk them again and again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def run(args: argparse.Namespace) -> int:
     scan_opts, opts = options_from_args(args)
-    with scan(args.src, scan_opts) as tree:
-        nfiles = sum(1 for n in tree.walk() if n.is_reg)
-        if not args.quiet and sys.stderr.isatty() and nfiles >= PROGRESS_MIN_FILES:
-            opts = dataclasses.replace(opts, progress=_progress_bar())
+    with _without_cyclic_gc(), scan(args.src, scan_opts) as tree:
+        if not args.quiet and sys.stderr.isatty():
+            nfiles = sum(1 for n in tree.walk() if n.is_reg)
+            if nfiles >= PROGRESS_MIN_FILES:
+                opts = dataclasses.replace(opts, progress=_progress_bar())
         with atomic_output(args.out) as f:
             report = build_erofs(tree, opts, f)
     if not args.quiet:

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol
 
-import zstandard
-
 from fusefs.codecs import lz4 as liblz4
 from fusefs.erofs.format import (
     Z_EROFS_COMPRESSION_DEFLATE,
@@ -101,6 +99,8 @@ class Codec:
             level = liblzma.LZMA_PRESET_DEFAULT if self.level is None else self.level
             return liblzma.MicroLzmaCompressor(capacity, level, self.lzma_dict_size(capacity))
         if self.name == "zstd":
+            import zstandard  # only here: importing it costs an lz4 build a few ms
+
             params = zstandard.ZstdCompressionParameters.from_level(
                 self.level or 3, window_log=self.zstd_window_log, write_checksum=0,
                 write_content_size=1,
