@@ -49,7 +49,8 @@ import signal
 import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Final
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
 
 from fusefs.erofs.format import DataLayout, MapHeader
 from mkimage.erofs.data import (
@@ -67,7 +68,7 @@ from mkimage.tree import BytesData, FileData
 
 BATCH_BYTES: Final = 1 << 20
 BATCH_FILES: Final = 256
-WINDOW: Final = 4
+WINDOW: Final = 16
 _HEADER: Final = struct.Struct("<QQ")
 _TASK: Final = struct.Struct("<BIQQ")  # kind, batch, then a, b (PREPARE) or offset (PLACE)
 _PREPARE, _PLACE = 0, 1
@@ -98,23 +99,28 @@ def batches(files: Sequence[Inode]) -> list[tuple[int, int]]:
     return out
 
 
+# PLAN_FIELDS[0] is the layout and [1] the map header: sent as an int and a tuple
+assert PLAN_FIELDS[:2] == ("layout", "map_header")
+_LAYOUTS: Final = {int(layout): layout for layout in DataLayout}
+
+
 def _to_wire(plan: tuple[object, ...], res: FileResult) -> tuple[object, ...]:
     """Plain values only: pickling slotted dataclasses and enums runs Python
     code per object, on both sides."""
-    fields = dict(zip(PLAN_FIELDS, plan, strict=True))
-    header = fields["map_header"]
-    fields["layout"] = int(fields["layout"])  # type: ignore[call-overload]
-    fields["map_header"] = None if header is None else dataclasses.astuple(header)  # type: ignore[call-overload]
-    return (tuple(fields.values()), int(res.layout), *(getattr(res, f) for f in _RESULT_FIELDS[2:]))
+    layout, header, *rest = plan
+    assert isinstance(layout, DataLayout)
+    assert header is None or isinstance(header, MapHeader)
+    head = None if header is None else dataclasses.astuple(header)
+    result = tuple(getattr(res, f) for f in _RESULT_FIELDS[2:])
+    return (int(layout), head, *rest), int(res.layout), result
 
 
-def _from_wire(wire: tuple[object, ...]) -> Prepared:
-    plan, layout, *rest = wire
-    fields = dict(zip(PLAN_FIELDS, plan, strict=True))  # type: ignore[call-overload]
-    fields["layout"] = DataLayout(fields["layout"])
-    if fields["map_header"] is not None:
-        fields["map_header"] = MapHeader(*fields["map_header"])
-    return tuple(fields.values()), FileResult(DataLayout(layout), b"", *rest)  # type: ignore[arg-type]
+def _from_wire(wire: tuple[Any, ...]) -> Prepared:
+    plan, res_layout, result = wire
+    layout, head, *rest = plan
+    header = None if head is None else MapHeader(*head)
+    res = FileResult(_LAYOUTS[res_layout], b"", *result)
+    return (_LAYOUTS[layout], header, *rest), res
 
 
 def prepare_batch(
@@ -198,14 +204,22 @@ def _pwrite_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> 
 
 
 def _worker(
-    tasks: int, results: int, files: Sequence[Inode], opts: ErofsOptions, out_fd: int | None
+    tasks: int,
+    results: int,
+    files: Sequence[Inode],
+    opts: ErofsOptions,
+    out_fd: int | None,
+    threads: int,
 ) -> None:
     """A child's whole life: batches in, messages out, payloads written
-    where the writer says, until the task pipe closes."""
+    where the writer says, until the task pipe closes.  A file longer than
+    a segment is cut on ``threads`` threads (the compressors release the
+    GIL), so that one large file does not leave the other CPUs idle."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_DFL)
     gc.disable()  # nothing a worker makes is cyclic; collections only touch shared pages
-    cutter = Cutter(opts, None) if opts.codec is not None else None
+    segments = ThreadPoolExecutor(max_workers=threads)  # threads start on a first large file
+    cutter = Cutter(opts, segments) if opts.codec is not None else None
     held: dict[int, list[bytes | memoryview]] = {}  # batch -> payloads, until placed
     while True:
         task = _read_exactly(tasks, _TASK.size)
@@ -275,7 +289,7 @@ class ProcessPool:
                 try:
                     for fd in parent_ends:
                         os.close(fd)
-                    _worker(tr, rw, files, opts, out_fd)
+                    _worker(tr, rw, files, opts, out_fd, workers)
                 except BaseException:
                     code = 1
                 finally:

@@ -346,7 +346,8 @@ class ErofsWriter:
         for done, (ino, res) in enumerate(self._file_results(files, out, start), 1):
             self._place_file(ino, res, cursor)
             payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
-            f.write(payload)
+            if payload:  # empty too when a worker process wrote it
+                f.write(payload)
             cursor += ino.data_blocks
             if res.fragment:
                 self._add_fragment(ino, res.fragment, packed)
