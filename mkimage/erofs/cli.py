@@ -153,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "-j", "--workers", type=int, default=0, metavar="N",
-        help="compression threads (default: one per CPU)",
+        help="compress in N worker processes (default: one per CPU)",
     )  # fmt: skip
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 

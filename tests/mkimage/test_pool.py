@@ -84,13 +84,17 @@ def test_batches_cover_every_file_once_in_order(rich_tree: Path) -> None:
     assert all(b > a for a, b in cut)
 
 
-def test_a_worker_error_reaches_the_writer(tmp_path: Path) -> None:
+def _five_files(tmp_path: Path) -> tuple[Path, ErofsOptions, list[Inode]]:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(5):
         (src / f"f{i}").write_bytes(os.urandom(20000))
     opts = _options("lz4")
-    files = _files(src, opts)
+    return src, opts, _files(src, opts)
+
+
+def test_a_worker_error_reaches_the_writer(tmp_path: Path) -> None:
+    src, opts, files = _five_files(tmp_path)
     (src / "f3").write_bytes(b"changed")  # after the scan
     with pytest.raises(BuildError, match="f3"), ProcessPool(files, opts, 2) as pool:
         for _ in pool.results():
@@ -98,12 +102,7 @@ def test_a_worker_error_reaches_the_writer(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_cannot_write_says_why(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(5):
-        (src / f"f{i}").write_bytes(os.urandom(20000))
-    opts = _options("lz4")
-    files = _files(src, opts)
+    _src, opts, files = _five_files(tmp_path)
     (tmp_path / "ro").write_bytes(b"")
     # read-only: pwrite fails with EBADF, in the worker, after every batch was taken
     with (
