@@ -276,6 +276,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[ScanOptions, ErofsOptio
         uuid=uuid,
         label=label,
         workers=max(args.workers, 0),
+        durable=True,  # atomic_output fsyncs OUT
     )
     return scan_opts, opts
 

@@ -47,6 +47,7 @@ class ErofsOptions:
     uuid: bytes | None = None
     label: bytes = b""
     workers: int = 0  # 0: one per CPU
+    durable: bool = False  # OUT is fsynced once complete: its data area is written back early
     progress: Callable[[int, int], None] | None = None
 
     @property

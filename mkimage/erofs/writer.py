@@ -17,11 +17,13 @@ all data is placed, and directory blocks (which hold nids) come last.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import heapq
 import os
 import stat
+import threading
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Iterator
@@ -114,6 +116,7 @@ class ErofsWriter:
         self.shared_pclusters: dict[tuple[bytes, int, bool, int], int] = {}
         self.packed: Inode | None = None
         self.deduped = 0
+        self.writeback: threading.Thread | None = None
 
     # -- planning -------------------------------------------------------
 
@@ -358,6 +361,8 @@ class ErofsWriter:
             if opts.progress is not None:
                 opts.progress(done, len(files))
         f.seek(cursor * bs)  # past what worker processes wrote themselves
+        if opts.durable:
+            self.writeback = self._write_back_early(out)
         if packed:
             cursor = self._write_packed(f, bytes(packed), cursor)
         meta_blk = cursor
@@ -454,6 +459,7 @@ class ErofsWriter:
             first[EROFS_SUPER_OFFSET + 4 : EROFS_SUPER_OFFSET + 8] = crc.to_bytes(4, "little")
         f.seek(0)
         f.write(first)
+        self.join_writeback()
         report.blocks = total_blocks
         report.features = sorted(
             name
@@ -465,6 +471,30 @@ class ErofsWriter:
             if incompat & bit
         )
         return report
+
+    def join_writeback(self) -> None:
+        """Wait for :meth:`_write_back_early` (the file must outlive it)."""
+        if self.writeback is not None:
+            self.writeback.join()
+            self.writeback = None
+
+    @staticmethod
+    def _write_back_early(out: BinaryIO) -> threading.Thread | None:
+        """Start writing the data area back to disk while the metadata is
+        laid out, so that the fsync of a durable OUT has little left to do."""
+        try:
+            out.flush()
+            fd = out.fileno()
+        except (OSError, AttributeError, ValueError):
+            return None
+
+        def sync() -> None:
+            with contextlib.suppress(OSError):  # the final fsync says what failed
+                os.fdatasync(fd)
+
+        thread = threading.Thread(target=sync, name="mkimage-writeback", daemon=True)
+        thread.start()
+        return thread
 
     def _layout_metadata(self, shared_size: int) -> int:
         """Give every inode its nid; returns the metadata area's block count.
@@ -620,7 +650,10 @@ def build_erofs(tree: Tree, opts: ErofsOptions, f: BinaryIO) -> BuildReport:
     """Write the image of ``tree`` to the seekable file ``f``."""
     if opts.pcluster_size > Z_EROFS_PCLUSTER_MAX_SIZE:
         raise BuildError(f"-C {opts.pcluster_size}: larger than 1 MiB")
+    writer = ErofsWriter(tree, opts)
     try:
-        return ErofsWriter(tree, opts).write(f)
+        return writer.write(f)
     except OSError as e:
         raise BuildError(f"writing the image: {e.strerror or e}") from None
+    finally:
+        writer.join_writeback()
