@@ -215,11 +215,19 @@ class BoundedCache(Generic[K, V]):
 
 class ImageBytes:
     """The image file mapped read-only, with the one bounds check every
-    ``(offset, length)`` taken from the image goes through."""
+    ``(offset, length)`` taken from the image goes through.
+
+    Metadata is read through the mapping.  File data a reader copies into
+    memory of its own (a pcluster into arena frames) is read with
+    :meth:`read_into`, as the kernel's bio reads exactly a pcluster: a fault
+    on a cold mapping instead reads the device's whole read-around window
+    (``read_ahead_kb``, 2.5 MiB on this machine's disk) before the reader
+    can go on, which is what made random reads of a cold image slow."""
 
     def __init__(self, path: str | os.PathLike[str], offset: int = 0) -> None:
         self.path = os.fspath(path)
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = fd
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
@@ -233,8 +241,9 @@ class ImageBytes:
             self._mmap: mmap.mmap | None = (
                 mmap.mmap(fd, total, prot=mmap.PROT_READ) if total else None
             )
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
         self.base = offset
         whole = memoryview(self._mmap) if self._mmap is not None else memoryview(b"")
         self.view: memoryview = whole[offset:]
@@ -257,7 +266,27 @@ class ImageBytes:
         self.check(offset, length, structure=structure, nid=nid)
         return self.view[offset : offset + length]
 
+    def read_into(
+        self, offset: int, buffers: list[memoryview], *, structure: str, nid: int | None = None
+    ) -> None:
+        """Fill ``buffers`` (writable, in order) from image byte ``offset`` on,
+        with one ``preadv``; bounds-checked like :meth:`slice`."""
+        length = sum(b.nbytes for b in buffers)
+        self.check(offset, length, structure=structure, nid=nid)
+        got = os.preadv(self._fd, buffers, self.base + offset)
+        if got != length:  # the file shrank under us
+            raise CorruptImageError(
+                f"read {got} of {length} bytes at {offset:#x}: the image file is shorter"
+                " than when it was opened",
+                structure=structure,
+                offset=offset,
+                nid=nid,
+            )
+
     def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         if self._mmap is None:
             return
         mapping, self._mmap = self._mmap, None

@@ -121,10 +121,9 @@ class DecodeStrategy(abc.ABC):
         caller and the index after the run of uptodate pages from it.
         ``limit``: a mapped strategy may stop decoding there (a partial read)."""
 
-    def _disk(self, nid: int, m: Map) -> memoryview:
-        """The pcluster's bytes in the image: the "device" a read copies from, never kept."""
-        self.image.check(m.pa, m.plen, structure="erofs pcluster", nid=nid)
-        return self.image.view[m.pa : m.pa + m.plen]
+    def _read_disk(self, nid: int, m: Map, buffers: list[memoryview]) -> None:
+        """Read the pcluster from the "device" into ``buffers`` (its bio)."""
+        self.image.read_into(m.pa, buffers, structure="erofs pcluster", nid=nid)
 
 
 def _vm_map_ram(
@@ -167,21 +166,22 @@ class MappedStrategy(DecodeStrategy):
     def read_input(self, undo: Undo, nid: int, m: Map) -> memoryview:
         # order-0 frames, as the kernel's bio pages
         mem = self.mem
-        disk = self._disk(nid, m)
         nin = -(-m.plen // PS)
         pages = mem.alloc_bulk(nin, Owner.DECOMPRESS, f"nid {nid}", "compressed input page")
         undo.append((mem.arena.free_pages_bulk, pages))
-        if nin == 1:
-            view = mem.arena.page_view(pages[0])
-            undo.append((view.release,))
-            view[: m.plen] = disk
-            return view[: m.plen]
         page_view = mem.arena.page_view
-        for i, pg in enumerate(pages):
-            v = page_view(pg)
-            n = min(PS, m.plen - i * PS)
-            v[:n] = disk[i * PS : i * PS + n]
-            v.release()
+        if nin == 1:
+            view = page_view(pages[0])
+            undo.append((view.release,))
+            self._read_disk(nid, m, [view[: m.plen]])
+            return view[: m.plen]
+        views = [page_view(pg) for pg in pages]
+        try:
+            tail = m.plen - (nin - 1) * PS
+            self._read_disk(nid, m, [*views[:-1], views[-1][:tail]])
+        finally:
+            for v in views:
+                v.release()
         return self._map_input(undo, pages, nid)[: m.plen]
 
     def _map_input(self, undo: Undo, pages: list[Page], nid: int) -> memoryview:
@@ -313,11 +313,10 @@ class BufferedStrategy(DecodeStrategy):
         may become page-cache pages as it is."""
 
     def read_input(self, undo: Undo, nid: int, m: Map) -> memoryview:
-        disk = self._disk(nid, m)
         buf = self._input_buffer(undo, nid, -(-m.plen // PS))
         view = self.mem.arena.folio_view(buf)
         undo.append((view.release,))
-        view[: m.plen] = disk
+        self._read_disk(nid, m, [view[: m.plen]])
         return view[: m.plen]
 
     def run(

@@ -198,3 +198,28 @@ def test_truncated_images(images: dict[str, bytes], tmp_path: Path) -> None:
         path = tmp_path / f"cut{cut}.img"
         path.write_bytes(data[:cut])
         assert exercise(path)
+
+
+
+def test_data_read_from_an_image_file_cut_short_is_corruption(tmp_path: Path) -> None:
+    """Pcluster data is read from the image file like a bio (``preadv``), not
+    through the mapping: a file truncated under an open image gives a short
+    read, said as corruption naming the structure, never SIGBUS."""
+    from fusefs.vfs import ImageBytes
+
+    path = tmp_path / "img"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    image = ImageBytes(path)
+    try:
+        buf = bytearray(8192)
+        image.read_into(4096, [memoryview(buf)[:4096], memoryview(buf)[4096:]],
+                        structure="erofs pcluster")  # fmt: skip
+        assert bytes(buf) == path.read_bytes()[4096 : 4096 + 8192]
+        with pytest.raises(CorruptImageError, match="outside the 16384-byte image"):
+            image.read_into(12288, [memoryview(buf)], structure="erofs pcluster")
+        os.truncate(path, 10000)
+        with pytest.raises(CorruptImageError, match="shorter than when it was opened") as info:
+            image.read_into(4096, [memoryview(buf)], structure="erofs pcluster", nid=36)
+        assert info.value.structure == "erofs pcluster" and info.value.nid == 36
+    finally:
+        image.close()
