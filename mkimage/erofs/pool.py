@@ -47,6 +47,7 @@ import pickle
 import select
 import signal
 import struct
+import traceback
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -280,17 +281,22 @@ class ProcessPool:
         self.inbox = [_Inbox() for _ in range(workers)]
         pipes = [(os.pipe(), os.pipe()) for _ in range(workers)]
         parent_ends = [fd for (_tr, tw), (rr, _rw) in pipes for fd in (tw, rr)]
-        for (tr, tw), (rr, rw) in pipes:
+        for w, ((tr, tw), (rr, rw)) in enumerate(pipes):
             with contextlib.suppress(OSError):  # a larger pipe: fewer stalls, fewer wake-ups
                 fcntl.fcntl(rw, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
             pid = os.fork()
             if pid == 0:  # pragma: no cover  (the child; coverage does not follow forks)
                 code = 0
                 try:
-                    for fd in parent_ends:
+                    # only its own ends: another worker's must close when that one ends
+                    later = [fd for (t, _), (_, r) in pipes[w + 1 :] for fd in (t, r)]
+                    for fd in parent_ends + later:
                         os.close(fd)
                     _worker(tr, rw, files, opts, out_fd, workers)
+                except BrokenPipeError:
+                    code = 1  # the writer is gone: nothing to tell
                 except BaseException:
+                    traceback.print_exc()  # a bug: the writer only learns the exit code
                     code = 1
                 finally:
                     os._exit(code)
