@@ -108,3 +108,10 @@ def test_errors_name_the_path_asked_for(image: Path, tmp_path: Path) -> None:
         assert r.returncode == 1 and len(err.splitlines()) == 1, err
         assert err.startswith(prefix) and "No such file or directory" in err, err
     assert not missing.exists() and sorted(os.listdir(tmp_path)) == []
+
+
+def test_extract_into_a_directory_named_relative_to_the_cwd(image: Path, tmp_path: Path) -> None:
+    """``nommufs extract IMG out``: the free-space check looks at the cwd."""
+    r = nommufs("extract", str(image), "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "visible").read_bytes() == b"v"

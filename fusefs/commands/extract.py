@@ -271,8 +271,12 @@ def _check_room(fs: Filesystem, dest: str) -> None:
             total += n
             largest = max(largest, (n, item.path))
     what = f"extracting ({show_path(largest[1])}: {largest[0]} bytes the largest file)"
-    parent = os.path.dirname(dest)
-    check_room(total, os.statvfs(parent), what, f"the filesystem of {escape(os.fsencode(parent))}")
+    parent = os.path.dirname(dest) or "."
+    try:
+        st = os.statvfs(parent)
+    except OSError as e:  # said of the directory the user asked for, not of its parent
+        raise OSError(e.errno, e.strerror, dest) from None
+    check_room(total, st, what, f"the filesystem of {escape(os.fsencode(parent))}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
