@@ -41,14 +41,19 @@ _state: dict[str, str | None] = {"missing": None}  # set once loading failed
 
 
 def _open_library() -> ctypes.CDLL:
-    import ctypes.util
+    try:
+        return ctypes.CDLL("liblz4.so.1")
+    except OSError:
+        pass
+    # only then ask ldconfig (find_library runs it in a subprocess: ~10 ms)
+    from ctypes.util import find_library
 
-    for name in ("liblz4.so.1", ctypes.util.find_library("lz4")):
-        if name:
-            try:
-                return ctypes.CDLL(name)
-            except OSError:
-                continue
+    name = find_library("lz4")
+    if name:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            pass
     raise UnsupportedFeatureError(MISSING)
 
 
