@@ -283,12 +283,11 @@ def iter_maps(
         la = m.end
 
 
-def copy_plain(
-    image: ImageBytes, inode: ErofsInode, m: Map, pos: int, dst: memoryview | bytearray
-) -> None:
+def copy_plain(image: ImageBytes, inode: ErofsInode, m: Map, pos: int, dst: memoryview) -> None:
     """Copy bytes ``[pos, pos + len(dst))`` of an uncompressed extent ``m``
-    into ``dst``: from the image, or from the inode's metadata for an inline
-    (META) extent."""
+    into ``dst``: read from the image file (exactly these bytes, as a bio
+    would: see :meth:`ImageBytes.read_into`), or from the inode's metadata for
+    an inline (META) extent."""
     n = len(dst)
     nid = inode.nid
     if not (m.la <= pos and pos + n <= m.end):
@@ -300,8 +299,10 @@ def copy_plain(
     if not m.flags & MAPPED:
         dst[:] = bytes(n)
         return
-    src: MetaBuf = inode.meta if m.flags & META else image
-    dst[:] = src.slice(m.pa + pos - m.la, n, structure="erofs data", nid=nid)
+    if m.flags & META:
+        dst[:] = inode.meta.slice(m.pa + pos - m.la, n, structure="erofs data", nid=nid)
+    else:
+        image.read_into(m.pa + pos - m.la, [dst], structure="erofs data", nid=nid)
 
 
 def read_plain(
