@@ -145,8 +145,9 @@ def address(ino: Inode) -> int:
     return ino.startblk
 
 
-def encode(ino: Inode) -> bytes:
-    """Core, inline xattrs, padding and trailer: the inode's bytes in the metadata area."""
+def encode(ino: Inode, trailer: bytes | None = None) -> bytes:
+    """Core, inline xattrs, padding and trailer (``ino.trailer`` unless
+    given): the inode's bytes in the metadata area."""
     n = ino.node
     icount = xattr_icount(len(ino.xattr_body))
     fmt = i_format(
@@ -177,4 +178,8 @@ def encode(ino: Inode) -> bytes:
             ino.ino, n.uid, n.gid,
         )  # fmt: skip
     head = core.pack() + ino.xattr_body
-    return head + bytes(trailer_offset(ino) - len(head)) + ino.trailer
+    return (
+        head
+        + bytes(trailer_offset(ino) - len(head))
+        + (ino.trailer if trailer is None else trailer)
+    )

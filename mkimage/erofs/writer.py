@@ -345,6 +345,7 @@ class ErofsWriter:
         files = [i for i in self.inodes if i.node.is_reg]
         report = BuildReport(block_size=bs, inodes=len(self.inodes))
         packed = bytearray()
+        encoded: dict[int, bytes] = {}  # ino -> its bytes, for regular files
         start = opts.offset + cursor * bs
         for done, (ino, res) in enumerate(self._file_results(files, out, start), 1):
             self._place_file(ino, res, cursor)
@@ -358,6 +359,9 @@ class ErofsWriter:
                 report.compressed_files += 1
             if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
                 report.chunked_files += 1
+            # final once placed (only the nid is to come): encoded now, while
+            # the workers are still busy, not after them
+            encoded[ino.ino] = inodemod.encode(ino, self._trailer(ino))
             if opts.progress is not None:
                 opts.progress(done, len(files))
         f.seek(cursor * bs)  # past what worker processes wrote themselves
@@ -407,7 +411,7 @@ class ErofsWriter:
         meta[: len(shared)] = shared
         for ino in self.inodes:
             ino.trailer = self._trailer(ino)
-            raw = inodemod.encode(ino)
+            raw = encoded.get(ino.ino) or inodemod.encode(ino)
             off = ino.nid * EROFS_SLOTSIZE
             meta[off : off + len(raw)] = raw
         f.seek(meta_blk * bs)
