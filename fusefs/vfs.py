@@ -217,12 +217,14 @@ class ImageBytes:
     """The image file mapped read-only, with the one bounds check every
     ``(offset, length)`` taken from the image goes through.
 
-    Metadata is read through the mapping.  File data a reader copies into
-    memory of its own (a pcluster into arena frames) is read with
-    :meth:`read_into`, as the kernel's bio reads exactly a pcluster: a fault
-    on a cold mapping instead reads the device's whole read-around window
+    Every read is a read of the file: :meth:`slice` (metadata) with
+    ``pread``, :meth:`read_into` (file data, into the reader's own memory)
+    with ``preadv``, as the kernel's bio reads exactly a pcluster.  A fault
+    on a cold mapping would read the device's whole read-around window
     (``read_ahead_kb``, 2.5 MiB on this machine's disk) before the reader
-    can go on, which is what made random reads of a cold image slow."""
+    could go on, and a fault past the end of a file truncated meanwhile
+    kills the process with SIGBUS.  Only :attr:`view`, the mapping, is for
+    cramfs, whose image is the board's flash (XIP maps it)."""
 
     def __init__(self, path: str | os.PathLike[str], offset: int = 0) -> None:
         self.path = os.fspath(path)
@@ -262,9 +264,27 @@ class ImageBytes:
     def slice(
         self, offset: int, length: int, *, structure: str, nid: int | None = None
     ) -> memoryview:
-        """A bounds-checked read-only view of the image."""
+        """The bytes ``[offset, offset + length)`` of the image, bounds-checked
+        and read from the file (``pread``), not through the mapping: if the
+        file is truncated under an open image, a read of what is gone is a
+        short read, said as corruption, where touching the mapping there
+        would kill the process with SIGBUS."""
         self.check(offset, length, structure=structure, nid=nid)
-        return self.view[offset : offset + length]
+        data = os.pread(self._fd, length, self.base + offset)
+        if len(data) != length:
+            raise self._short(offset, len(data), length, structure, nid)
+        return memoryview(data)
+
+    def _short(
+        self, offset: int, got: int, length: int, structure: str, nid: int | None
+    ) -> CorruptImageError:
+        return CorruptImageError(
+            f"read {got} of {length} bytes at {offset:#x}: the image file is shorter"
+            " than when it was opened",
+            structure=structure,
+            offset=offset,
+            nid=nid,
+        )
 
     def read_into(
         self, offset: int, buffers: list[memoryview], *, structure: str, nid: int | None = None
@@ -275,13 +295,7 @@ class ImageBytes:
         self.check(offset, length, structure=structure, nid=nid)
         got = os.preadv(self._fd, buffers, self.base + offset)
         if got != length:  # the file shrank under us
-            raise CorruptImageError(
-                f"read {got} of {length} bytes at {offset:#x}: the image file is shorter"
-                " than when it was opened",
-                structure=structure,
-                offset=offset,
-                nid=nid,
-            )
+            raise self._short(offset, got, length, structure, nid)
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1

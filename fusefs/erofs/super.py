@@ -59,9 +59,8 @@ def probe(image: ImageBytes) -> bool:
     """True if the image has the EROFS magic at byte 1024."""
     if image.size < f.EROFS_SUPER_OFFSET + f.SuperBlock.SIZE:
         return False
-    magic = int.from_bytes(
-        bytes(image.view[f.EROFS_SUPER_OFFSET : f.EROFS_SUPER_OFFSET + 4]), "little"
-    )
+    raw = image.slice(f.EROFS_SUPER_OFFSET, 4, structure="erofs superblock")
+    magic = int.from_bytes(raw, "little")
     return magic == f.EROFS_SUPER_MAGIC_V1
 
 

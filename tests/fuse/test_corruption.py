@@ -151,3 +151,24 @@ def test_random_corruption_sample(src: Path, tmp_path: Path, mounter: Mounter) -
         m.unmount()
         served += 1
     assert served > 0  # the sample exercised the daemon, not only the refusals
+
+
+def test_image_file_truncated_under_the_mount(src: Path, tmp_path: Path, mounter: Mounter) -> None:
+    """Someone cuts the image file short while it is mounted (``cp`` over it
+    begins so): what is gone answers EUCLEAN, the daemon keeps serving (it
+    reads the file, never faults on its mapping), and it unmounts cleanly."""
+    image = mkfs_erofs(tmp_path / "victim.erofs", src, "-zlz4hc")
+    m = mounter.fuse(image)
+    assert (m.path / "file5.txt").read_bytes() == (src / "file5.txt").read_bytes()
+    os.truncate(image, 4096)  # only the superblock's block is left
+    for rel in ("victim.txt", "sub/random.bin"):
+        got = _expect_clean_error(lambda rel=rel: (m.path / rel).read_bytes())
+        assert got == errno.EUCLEAN, (rel, got)
+    try:  # a tiny inline file: its metadata may have been read (and kept) already
+        assert (m.path / "sub" / "deeper" / "hello").read_bytes() == b"hello, world\n"
+    except OSError as e:
+        assert e.errno == errno.EUCLEAN, e
+    assert m.alive, m.stderr()
+    assert os.path.ismount(m.path)
+    os.stat(m.path)
+    assert "unexpected" not in m.stderr(), m.stderr()
