@@ -76,6 +76,7 @@ _PREPARE, _PLACE = 0, 1
 _ERROR: Final = 1 << 63
 _IOV_MAX: Final = 1024
 _PIPE_BYTES: Final = 1 << 20
+_DONE: Final = object()
 
 Prepared = tuple[tuple[object, ...], FileResult]
 _RESULT_FIELDS: Final = [f.name for f in dataclasses.fields(FileResult)]
@@ -352,13 +353,21 @@ class ProcessPool:
                 box.buf, box.fill = None, 0
                 self._dispatch()
 
-    def results(self, start: int = 0) -> Iterator[tuple[Inode, FileResult]]:
+    def results(
+        self, start: int = 0, idle: Iterator[None] | None = None
+    ) -> Iterator[tuple[Inode, FileResult]]:
         """Every file in order; with ``out_fd`` the data area starts at byte
         ``start`` of it, and each file's payload lands right after the one
-        before (the writer checks the end with :attr:`end`)."""
+        before (the writer checks the end with :attr:`end`).  While no
+        worker has sent anything, the next step of ``idle`` runs (work of
+        the writer's own that does not wait for the files)."""
         self.end = start
         for k, (a, _b) in enumerate(self.batches):
             while k not in self.received:
+                if idle is not None and not self.poller.poll(0):
+                    if next(idle, _DONE) is None:
+                        continue
+                    idle = None
                 self._pump()
             body, payload = self.received.pop(k)
             self.consumed += 1

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import heapq
+import itertools
 import os
 import stat
 import threading
@@ -99,6 +100,10 @@ class BuildReport:
     features: list[str] = field(default_factory=list)
 
 
+# inodes per step of the work done while worker processes prepare the data
+_IDLE_STEP = 256
+
+
 class ErofsWriter:
     """Builds one image; :meth:`write` is the whole job."""
 
@@ -117,6 +122,8 @@ class ErofsWriter:
         self.packed: Inode | None = None
         self.deduped = 0
         self.writeback: threading.Thread | None = None
+        self.uuid_hash: hashlib._Hash | None = None  # options and inodes[:inodes_hashed]
+        self.inodes_hashed = 0
 
     # -- planning -------------------------------------------------------
 
@@ -171,11 +178,11 @@ class ErofsWriter:
     # -- data -----------------------------------------------------------
 
     def _file_results(
-        self, files: list[Inode], out: BinaryIO, data_start: int
+        self, files: list[Inode], out: BinaryIO, data_start: int, idle: Iterator[None]
     ) -> Iterator[tuple[Inode, FileResult]]:
         """Prepared files in tree order, computed by worker processes
-        (:mod:`mkimage.erofs.pool`) or, for -j 1 and tar sources, a pool of
-        threads."""
+        (:mod:`mkimage.erofs.pool`, which runs steps of ``idle`` while it
+        waits for them) or, for -j 1 and tar sources, a pool of threads."""
         opts = self.opts
         workers = opts.workers or min(os.cpu_count() or 1, 8)
         if workers > 1 and forkable(files):
@@ -186,7 +193,7 @@ class ErofsWriter:
             except (OSError, AttributeError, ValueError):
                 fd = None
             with ProcessPool(files, opts, workers, fd) as processes:
-                yield from processes.results(data_start)
+                yield from processes.results(data_start, idle)
                 placed = sum(i.data_blocks for i in files) * self.bs
                 if processes.out_fd is not None and processes.end != data_start + placed:
                     raise BuildError("internal: the workers' data area is not where it belongs")
@@ -347,7 +354,10 @@ class ErofsWriter:
         packed = bytearray()
         encoded: dict[int, bytes] = {}  # ino -> its bytes, for regular files
         start = opts.offset + cursor * bs
-        for done, (ino, res) in enumerate(self._file_results(files, out, start), 1):
+        # what does not depend on the files' data, done while workers prepare it
+        late: list[tuple[Inode, bytes | memoryview]] = []  # directories and symlinks
+        idle = itertools.chain(self._late_sizes(late), self._hash_for_uuid())
+        for done, (ino, res) in enumerate(self._file_results(files, out, start, idle), 1):
             self._place_file(ino, res, cursor)
             payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
             if payload:  # empty too when a worker process wrote it
@@ -365,26 +375,13 @@ class ErofsWriter:
             if opts.progress is not None:
                 opts.progress(done, len(files))
         f.seek(cursor * bs)  # past what worker processes wrote themselves
+        for _ in idle:  # what the wait for workers left (all of it without them)
+            pass
         if opts.durable:
             self.writeback = self._write_back_early(out)
         if packed:
             cursor = self._write_packed(f, bytes(packed), cursor)
         meta_blk = cursor
-        # directories and symlinks: sizes now, data once nids are known
-        late: list[tuple[Inode, bytes | memoryview]] = []
-        for ino in self.inodes:
-            n = ino.node
-            if n.is_dir:
-                ino.size = dirmod.dir_size(self._dir_entries(n), bs)
-                data = bytes(ino.size)  # placeholder of the right size
-            elif n.is_lnk:
-                data = n.read_data()
-            else:
-                continue
-            res = flat(data, ino, opts, regular=False)
-            ino.layout, ino.inline = res.layout, res.inline
-            ino.data_blocks = len(res.payload) // bs
-            late.append((ino, res.payload))
         shared = self.xattrs.area
         meta_blocks = self._layout_metadata(len(shared))
         root = self.of_node[id(self.tree.root)]
@@ -475,6 +472,34 @@ class ErofsWriter:
             if incompat & bit
         )
         return report
+
+    def _late_sizes(self, late: list[tuple[Inode, bytes | memoryview]]) -> Iterator[None]:
+        """Directories and symlinks into ``late``: sizes and layouts now (a
+        few at each step), data once nids are known."""
+        bs, opts = self.bs, self.opts
+        for k, ino in enumerate(self.inodes, 1):
+            if k % _IDLE_STEP == 0:
+                yield
+            n = ino.node
+            if n.is_dir:
+                ino.size = dirmod.dir_size(self._dir_entries(n), bs)
+                data = bytes(ino.size)  # placeholder of the right size
+            elif n.is_lnk:
+                data = n.read_data()
+            else:
+                continue
+            res = flat(data, ino, opts, regular=False)
+            ino.layout, ino.inline = res.layout, res.inline
+            ino.data_blocks = len(res.payload) // bs
+            late.append((ino, res.payload))
+
+    def _hash_for_uuid(self) -> Iterator[None]:
+        """Hash the inodes there are for :meth:`_uuid`, a few at each step."""
+        if self.opts.uuid is not None or not self.opts.fixed_time:
+            return
+        for upto in range(_IDLE_STEP, len(self.inodes) + _IDLE_STEP, _IDLE_STEP):
+            self._hash_inodes(upto)
+            yield
 
     def join_writeback(self) -> None:
         """Wait for :meth:`_write_back_early` (the file must outlive it)."""
@@ -600,25 +625,39 @@ class ErofsWriter:
         bitmap = sum(1 << c.algorithm for c in opts.codecs)
         return bytes(records), bitmap, incompat
 
-    def _uuid(self) -> bytes:
+    def _hash_inodes(self, upto: int) -> None:
+        """Feed ``self.inodes[:upto]`` to the UUID's hash, each inode once."""
+        if self.uuid_hash is None:
+            self.uuid_hash = hashlib.sha256(repr(self._uuid_options()).encode())
+        h = self.uuid_hash
+        for ino in self.inodes[self.inodes_hashed : upto]:
+            n = ino.node
+            h.update(repr((n.path, n.mode, n.uid, n.gid, n.size, ino.mtime_ns, n.rdev,
+                           n.target, n.nlink, sorted(n.xattrs.items()))).encode())  # fmt: skip
+        self.inodes_hashed = max(self.inodes_hashed, min(upto, len(self.inodes)))
+
+    def _uuid_options(self) -> tuple[object, ...]:
+        """What of the options a reproducible build's UUID depends on."""
         opts = self.opts
-        if opts.uuid is not None:
-            return opts.uuid
-        if not opts.fixed_time:
-            return uuidlib.uuid4().bytes
-        # reproducible builds: a UUID derived from the tree and the options
         what: tuple[object, ...] = (opts.codec, opts.pcluster_size, opts.block_size,
                                     sorted(opts.extended), opts.build_time, opts.label)  # fmt: skip
         if opts.alt_codecs or opts.max_extent_bytes != MAX_EXTENT_BYTES or opts.chunk_size:
             what += (opts.alt_codecs, opts.max_extent_bytes, opts.chunk_size)
         if opts.xattr_tolerance != XATTR_TOLERANCE_DEFAULT:
             what += (opts.xattr_tolerance,)
-        h = hashlib.sha256(repr(what).encode())
-        for ino in self.inodes:
-            n = ino.node
-            h.update(repr((n.path, n.mode, n.uid, n.gid, n.size, ino.mtime_ns, n.rdev,
-                           n.target, n.nlink, sorted(n.xattrs.items()))).encode())  # fmt: skip
-        raw = bytearray(h.digest()[:16])
+        return what
+
+    def _uuid(self) -> bytes:
+        opts = self.opts
+        if opts.uuid is not None:
+            return opts.uuid
+        if not opts.fixed_time:
+            return uuidlib.uuid4().bytes
+        # reproducible builds: a UUID derived from the options and the tree
+        # (all inodes, the packed one too)
+        self._hash_inodes(len(self.inodes))
+        assert self.uuid_hash is not None
+        raw = bytearray(self.uuid_hash.digest()[:16])
         raw[6] = (raw[6] & 0x0F) | 0x40  # version 4 layout, as a random UUID would have
         raw[8] = (raw[8] & 0x3F) | 0x80
         return bytes(raw)
