@@ -6,6 +6,7 @@ lands; the writer places and rebases it afterwards."""
 from __future__ import annotations
 
 import hashlib
+import operator
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,9 +71,13 @@ PLAN_FIELDS = (
 )  # fmt: skip
 
 
+_plan_fields = operator.attrgetter(*PLAN_FIELDS)
+
+
 def plan_of(ino: Inode) -> tuple[object, ...]:
     """The PLAN_FIELDS of ``ino``, in that order."""
-    return tuple(getattr(ino, name) for name in PLAN_FIELDS)
+    plan: tuple[object, ...] = _plan_fields(ino)
+    return plan
 
 
 def apply_plan(ino: Inode, plan: tuple[object, ...]) -> None:

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import fcntl
 import gc
+import operator
 import os
 import pickle
 import select
@@ -78,7 +79,7 @@ _IOV_MAX: Final = 1024
 _PIPE_BYTES: Final = 1 << 20
 _DONE: Final = object()
 
-Prepared = tuple[tuple[object, ...], FileResult]
+Prepared = tuple[tuple[object, ...] | None, FileResult]  # the inode's plan, if it has one
 _RESULT_FIELDS: Final = [f.name for f in dataclasses.fields(FileResult)]
 
 
@@ -104,24 +105,32 @@ def batches(files: Sequence[Inode]) -> list[tuple[int, int]]:
 # PLAN_FIELDS[0] is the layout and [1] the map header: sent as an int and a tuple
 assert PLAN_FIELDS[:2] == ("layout", "map_header")
 _LAYOUTS: Final = {int(layout): layout for layout in DataLayout}
+_FLAT: Final = (DataLayout.EROFS_INODE_FLAT_PLAIN, DataLayout.EROFS_INODE_FLAT_INLINE)
+_result_fields: Final = operator.attrgetter(*_RESULT_FIELDS[2:])
+_header_fields: Final = operator.attrgetter(*(f.name for f in dataclasses.fields(MapHeader)))
 
 
-def _to_wire(plan: tuple[object, ...], res: FileResult) -> tuple[object, ...]:
+def _to_wire(ino: Inode, res: FileResult) -> tuple[object, ...]:
     """Plain values only: pickling slotted dataclasses and enums runs Python
-    code per object, on both sides."""
-    layout, header, *rest = plan
+    code per object, on both sides.  No plan for a flat file: prepare_file
+    leaves the inode of one as it was (test_pool checks it)."""
+    result = _result_fields(res)
+    if res.layout in _FLAT:
+        return None, int(res.layout), result
+    layout, header, *rest = plan_of(ino)
     assert isinstance(layout, DataLayout)
     assert header is None or isinstance(header, MapHeader)
-    head = None if header is None else dataclasses.astuple(header)
-    result = tuple(getattr(res, f) for f in _RESULT_FIELDS[2:])
+    head = None if header is None else _header_fields(header)
     return (int(layout), head, *rest), int(res.layout), result
 
 
 def _from_wire(wire: tuple[Any, ...]) -> Prepared:
     plan, res_layout, result = wire
+    res = FileResult(_LAYOUTS[res_layout], b"", *result)
+    if plan is None:
+        return None, res
     layout, head, *rest = plan
     header = None if head is None else MapHeader(*head)
-    res = FileResult(_LAYOUTS[res_layout], b"", *result)
     return (_LAYOUTS[layout], header, *rest), res
 
 
@@ -140,7 +149,7 @@ def prepare_batch(
             if res.payload:
                 payloads.append(res.payload)
             lengths.append(len(res.payload))
-            done.append(_to_wire(plan_of(ino), res))
+            done.append(_to_wire(ino, res))
         body = pickle.dumps((None, done, lengths), pickle.HIGHEST_PROTOCOL)
     except BuildError as e:
         body, payloads = pickle.dumps((str(e), [], [])), []
@@ -382,7 +391,8 @@ class ProcessPool:
             del self.holder[k]
             for i, (plan, res) in enumerate(done):
                 ino = self.files[a + i]
-                apply_plan(ino, plan)
+                if plan is not None:  # None: the inode as it was
+                    apply_plan(ino, plan)
                 yield ino, res
 
     def __enter__(self) -> ProcessPool:
