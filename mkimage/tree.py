@@ -317,25 +317,33 @@ def _scan_dir(src: bytes, excluded: _Excluder) -> Node:
         node, full = stack.pop()
         try:
             names = sorted(os.listdir(full))
+            # names looked up from the directory: no walk of the whole path each time
+            dfd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise BuildError(f"{show(full)}: cannot list directory: {e.strerror}") from None
-        for name in names:
-            rel = node.path + b"/" + name if node.path else name
-            if excluded(rel):
-                continue
-            cfull = full + b"/" + name
-            try:
-                cst = os.lstat(cfull)
-            except OSError as e:
-                raise BuildError(f"{show(cfull)}: {e.strerror}") from None
-            child = _node_from_stat(cfull, rel, cst)
-            node.children.append(child)
-            if child.is_dir:
-                stack.append((child, cfull))
+        try:
+            for name in names:
+                rel = node.path + b"/" + name if node.path else name
+                if excluded(rel):
+                    continue
+                cfull = full + b"/" + name
+                try:
+                    cst = os.lstat(name, dir_fd=dfd)
+                except OSError as e:
+                    raise BuildError(f"{show(cfull)}: {e.strerror}") from None
+                child = _node_from_stat(cfull, rel, cst, (dfd, name))
+                node.children.append(child)
+                if child.is_dir:
+                    stack.append((child, cfull))
+        finally:
+            os.close(dfd)
     return root
 
 
-def _node_from_stat(full: bytes, rel: bytes, st: os.stat_result) -> Node:
+def _node_from_stat(
+    full: bytes, rel: bytes, st: os.stat_result, at: tuple[int, bytes] | None = None
+) -> Node:
+    """The node of ``full`` (``at``: its directory's descriptor and its name there)."""
     fmt = stat.S_IFMT(st.st_mode)
     if fmt not in FILE_TYPES:
         raise BuildError(f"{show(full)}: unsupported file type {fmt:#o}")
@@ -352,7 +360,8 @@ def _node_from_stat(full: bytes, rel: bytes, st: os.stat_result) -> Node:
     if fmt == stat.S_IFREG:
         node.size = st.st_size
         node.data = FileData(full, st.st_size, st.st_mtime_ns, st.st_ino)
-        if not os.access(full, os.R_OK):
+        dir_fd, name = at if at is not None else (None, full)
+        if not os.access(name, os.R_OK, dir_fd=dir_fd):
             raise BuildError(f"{show(full)}: file is not readable")
     elif fmt == stat.S_IFLNK:
         try:
