@@ -122,6 +122,7 @@ class ErofsWriter:
         self.packed: Inode | None = None
         self.deduped = 0
         self.writeback: threading.Thread | None = None
+        self.dir_inodes: dict[int, list[tuple[bytes, Inode, int]]] = {}  # see _dir_entries
         self.uuid_hash: hashlib._Hash | None = None  # options and inodes[:inodes_hashed]
         self.inodes_hashed = 0
 
@@ -166,14 +167,19 @@ class ErofsWriter:
         ino.dot_omitted = n.is_dir and "dot-omitted" in opts.extended
 
     def _dir_entries(self, node: Node) -> list[dirmod.DirEntry]:
+        """The directory's entries with the nids there are now (kept by
+        inode: a directory's are asked for twice, for its size and its data)."""
         me = self.of_node[id(node)]
-        parent = self.of_node[id(self.parent.get(id(node), node))]
-        out = [(b"..", parent.nid, 2)]
-        if not me.dot_omitted:
-            out.insert(0, (b".", me.nid, 2))
-        for c in node.children:
-            out.append((c.name, self.of_node[id(c)].nid, int(ftype_from_mode(c.mode))))
-        return out
+        named = self.dir_inodes.get(me.ino)
+        if named is None:
+            parent = self.of_node[id(self.parent.get(id(node), node))]
+            named = [(b"..", parent, 2)]
+            if not me.dot_omitted:
+                named.insert(0, (b".", me, 2))
+            for c in node.children:
+                named.append((c.name, self.of_node[id(c)], int(ftype_from_mode(c.mode))))
+            self.dir_inodes[me.ino] = named
+        return [(name, ino.nid, ftype) for name, ino, ftype in named]
 
     # -- data -----------------------------------------------------------
 
