@@ -71,16 +71,21 @@ class FileData(DataSource):
     mtime_ns: int
     ino: int
 
+    # Each read asks for a byte more than the file has left: a file that
+    # grew (or whose size lied, as in /proc) says so in the same read, and
+    # a short one is the end (no read more to find it).
+
     def read(self) -> bytes:
         def chunks(fd: int) -> tuple[bytes, int]:
             parts = []
             left = self.size
-            while left > 0:
-                chunk = os.read(fd, min(left, 1 << 24))
-                if not chunk:
-                    break
+            while left >= 0:
+                want = min(left + 1, 1 << 24)
+                chunk = os.read(fd, want)
                 parts.append(chunk)
                 left -= len(chunk)
+                if len(chunk) < want:
+                    break
             return b"".join(parts), self.size - left
 
         return self._read(chunks)
@@ -89,19 +94,22 @@ class FileData(DataSource):
         def into(fd: int) -> tuple[bytearray, int]:
             buf = bytearray(self.size)
             view = memoryview(buf)
+            spare = bytearray(1)
             got = 0
-            while got < self.size:
-                n = os.readv(fd, [view[got:]])
-                if not n:
-                    break
+            while got <= self.size:
+                want = self.size + 1 - got
+                n = os.readv(fd, [view[got:], spare])
                 got += n
+                if n < want:
+                    break
             return buf, got
 
         return self._read(into)
 
     def _read(self, body: Callable[[int], tuple[_B, int]]) -> _B:
-        """``body(fd)`` (the data and how many bytes it got) between the
-        checks that the file is the one scanned and did not change."""
+        """``body(fd)`` (the data and how many bytes it got, one more when
+        there were more) between the checks that the file is the one
+        scanned and did not change."""
         where = show(self.path)
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -111,13 +119,12 @@ class FileData(DataSource):
             before = os.fstat(fd)
             self._check(before, where)
             data, got = body(fd)
-            extra = os.read(fd, 1)
             after = os.fstat(fd)
         except OSError as e:
             raise BuildError(f"{where}: cannot read: {e.strerror}") from None
         finally:
             os.close(fd)
-        if got < self.size or extra:
+        if got != self.size:
             raise BuildError(f"{where}: file changed size while being read")
         self._check(after, where)
         return data

@@ -17,7 +17,7 @@ from fusefs.vfs import MemoryConfig, open_image
 from mkimage.erofs.compress import parse_codec
 from mkimage.erofs.writer import ErofsOptions, build_erofs
 from mkimage.errors import BuildError
-from mkimage.tree import atomic_output, scan
+from mkimage.tree import FileData, atomic_output, scan
 from tests.conftest import Mounter
 from tests.mkimage.conftest import Build
 from tests.trees import diff_trees, snapshot, snapshot_fs
@@ -165,6 +165,17 @@ def test_source_changing_during_build(change: str, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="victim"):
         _build_api(src, out_dir / "img", mutate=mutate)
     assert os.listdir(out_dir) == []
+
+
+@pytest.mark.parametrize("how", ["read", "read_buffer"])
+def test_a_file_with_more_than_its_size_is_refused(how: str) -> None:
+    # /proc files say 0 bytes and have more: only reading past the size finds it
+    path = b"/proc/self/status"
+    st = os.stat(path)
+    data = FileData(path, st.st_size, st.st_mtime_ns, st.st_ino)
+    assert st.st_size == 0
+    with pytest.raises(BuildError, match="status: file changed size while being read"):
+        getattr(data, how)()
 
 
 @pytest.mark.kernel
