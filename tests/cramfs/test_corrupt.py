@@ -170,3 +170,21 @@ def test_block_pointer_errors(tmp_path: Path) -> None:
             ino = fs.lookup(fs.root, b"f")
             with pytest.raises(CorruptImageError, match=msg):
                 fs.read(ino, 0, 200)
+
+
+def test_image_cut_short_while_open_reads_as_corruption(tmp_path: Path) -> None:
+    """Page-cache reads take their blocks from the image file (``pread``),
+    not from the flash mapping: a file truncated under an open image makes
+    the blocks that are gone corruption, never SIGBUS."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "victim.txt").write_bytes(b"compressible victim text " * 4000)
+    image = mkfs_cramfs(src, tmp_path / "cut.img")
+    fs = open_image(image, MemoryConfig(arena_bytes=1 << 20))
+    try:
+        ino = next(it.ino for it in walk(fs) if it.path == b"victim.txt")
+        image.write_bytes(b"")  # truncated to nothing, the inode is the same
+        with pytest.raises(CorruptImageError, match="shorter than when it was opened"):
+            fs.read(ino, 0, 100000)
+    finally:
+        fs.close()
