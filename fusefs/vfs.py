@@ -214,7 +214,7 @@ class BoundedCache(Generic[K, V]):
 
 
 class ImageBytes:
-    """The image file mapped read-only, with the one bounds check every
+    """The image file opened read-only, with the one bounds check every
     ``(offset, length)`` taken from the image goes through.
 
     Every read is a read of the file: :meth:`slice` (metadata) with
