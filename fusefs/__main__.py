@@ -1,5 +1,3 @@
-import sys
+from fusefs.cli import entry
 
-from fusefs.cli import main
-
-sys.exit(main())
+entry()

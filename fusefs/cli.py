@@ -9,11 +9,10 @@ command lines (``-V``, ``-v``, ``-d``, exit statuses, signals) is in
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Final
 
-from fusefs.cmdline import Command, Parser, build_parser, run_main
+from fusefs.cmdline import Command, Parser, build_parser, exit_process, run_main
 from fusefs.commands import budget, cat, extract, fsck, inspect, ls, mount, umount
 from mkimage import cli as mkimage
 
@@ -38,5 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(parser(), argv, dest="command")
 
 
+def entry() -> None:
+    """The ``nommufs`` console script: :func:`main`, then the process ends
+    (:func:`~fusefs.cmdline.exit_process`)."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

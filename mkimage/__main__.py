@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
+from fusefs.cmdline import exit_process
 from mkimage.cli import main
 
-sys.exit(main())
+exit_process(main())

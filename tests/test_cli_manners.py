@@ -83,6 +83,31 @@ def test_a_closed_pipe_ends_quietly(image: Path) -> None:
         assert len(r.stdout.splitlines()) == 1
 
 
+def test_buffered_output_is_whole_at_exit(image: Path, tmp_path: Path) -> None:
+    """The process ends without the interpreter's teardown (exit_process):
+    what is still in stdout's buffer is written first, and a failed write
+    is a failed command."""
+    r = nommufs("ls", str(image), "many")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 3000, r.stderr
+    assert r.stdout.endswith(b"file-with-a-longish-name-02999\n")
+    out = tmp_path / "again.erofs"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data")
+    r = subprocess.run(
+        [sys.executable, "-m", "mkimage", "erofs", str(out), str(src)],
+        capture_output=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith(f"{out}: ".encode()), r.stderr
+    assert r.stdout.endswith(b" compressed files\n")
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run(
+            [sys.executable, "-m", "fusefs", "ls", str(image)],  # two names: only at exit
+            stdout=full, stderr=subprocess.PIPE, check=False, timeout=120,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+
+
 def test_ls_hides_dotfiles_without_a(image: Path) -> None:
     r = nommufs("ls", str(image))
     assert r.returncode == 0 and r.stdout.split() == [b"many", b"visible"], r.stdout
