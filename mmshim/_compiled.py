@@ -22,7 +22,6 @@ either way, only the speed differs.
 from __future__ import annotations
 
 import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
@@ -49,8 +48,10 @@ def source_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    """Finds the compiled modules (and mypyc's shared library) by name."""
+class _Finder:
+    """Finds the compiled modules (and mypyc's shared library) by name (a
+    meta path finder by protocol: subclassing ``importlib.abc``'s would
+    import ``importlib.resources`` too, a fifth of a build's start-up)."""
 
     def __init__(self, binaries: dict[str, Path]) -> None:
         self.binaries = binaries

@@ -12,8 +12,8 @@ binds it with ctypes, loaded on first use.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
+from collections.abc import Iterator
 from typing import Final
 
 from mkimage.errors import BuildError
@@ -73,14 +73,23 @@ _lock: Final = threading.Lock()
 _lib: list[ctypes.CDLL] = []
 
 
+def _names() -> Iterator[str]:
+    """The soname first; only then ldconfig's answer (find_library runs it
+    in a subprocess, and importing it costs a build's start-up 6 ms)."""
+    yield "liblzma.so.5"
+    from ctypes.util import find_library
+
+    name = find_library("lzma")
+    if name:
+        yield name
+
+
 def _library() -> ctypes.CDLL:
     """liblzma with the four functions typed, loaded once (BuildError if absent)."""
     with _lock:
         if _lib:
             return _lib[0]
-        for name in ("liblzma.so.5", ctypes.util.find_library("lzma")):
-            if not name:
-                continue
+        for name in _names():
             try:
                 lib = ctypes.CDLL(name)
                 encoder = lib.lzma_microlzma_encoder

@@ -25,7 +25,6 @@ import itertools
 import os
 import stat
 import threading
-import uuid as uuidlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -658,7 +657,9 @@ class ErofsWriter:
         if opts.uuid is not None:
             return opts.uuid
         if not opts.fixed_time:
-            return uuidlib.uuid4().bytes
+            import uuid  # only here: with platform, 6 ms of every build's start-up
+
+            return uuid.uuid4().bytes
         # reproducible builds: a UUID derived from the options and the tree
         # (all inodes, the packed one too)
         self._hash_inodes(len(self.inodes))
