@@ -25,6 +25,9 @@ a batch's payloads are one contiguous run of the data area, so once the
 writer has taken the batches before it, the pool knows where it starts and
 tells the worker, which writes it there itself (pwrite on the inherited
 descriptor) and keeps it until then; the writer only lays out metadata.
+For a durable OUT the worker also starts that run's writeback
+(:func:`~fusefs.atomicfile.start_writeback`), so the final fsync does not
+wait for the whole data area at the end.
 Otherwise (or with ``-E dedupe``, where the writer picks the pclusters)
 the payloads follow the message, read once into one buffer and written
 from views of it.
@@ -54,6 +57,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
+from fusefs.atomicfile import start_writeback
 from fusefs.erofs.format import DataLayout, MapHeader
 from mkimage.erofs.data import (
     PLAN_FIELDS,
@@ -72,7 +76,7 @@ BATCH_BYTES: Final = 1 << 20
 BATCH_FILES: Final = 256
 WINDOW: Final = 16
 _HEADER: Final = struct.Struct("<QQ")
-_TASK: Final = struct.Struct("<BIQQ")  # kind, batch, then a, b (PREPARE) or offset (PLACE)
+_TASK: Final = struct.Struct("<BIQQ")  # kind, batch, then a, b (PREPARE) or offset, length (PLACE)
 _PREPARE, _PLACE = 0, 1
 _ERROR: Final = 1 << 63
 _IOV_MAX: Final = 1024
@@ -248,6 +252,8 @@ def _worker(
         assert out_fd is not None
         try:
             _pwrite_all(out_fd, held.pop(k), a)
+            if opts.durable:
+                start_writeback(out_fd, a, b)
         except OSError as e:
             body = f"writing the image: {e.strerror or e}".encode()
             _write_all(results, [_HEADER.pack(_ERROR | len(body), 0), body])
@@ -385,7 +391,7 @@ class ProcessPool:
             if self.out_fd is not None:
                 size = sum(res.written for _, res in done)
                 if size:
-                    place = _TASK.pack(_PLACE, k, self.end, 0)
+                    place = _TASK.pack(_PLACE, k, self.end, size)
                     _write_all(self.tasks[self.holder[k]], [place])
                 self.end += size
             del self.holder[k]
