@@ -566,15 +566,24 @@ def _apply_device_table(tree: Tree, table: str, mtime_ns: int) -> None:
 
 
 def _count_links(tree: Tree) -> None:
-    counts: dict[LinkKey, int] = {}
-    for n in tree.walk():
-        if n.link is not None:
-            counts[n.link] = counts.get(n.link, 0) + 1
+    """Link counts as the image will have them: a directory's from its
+    subdirectories, anything else's from the names of its inode in the
+    tree (1 unless it is hard-linked there).  One walk: only the names
+    of inodes met twice are gathered."""
+    first: dict[LinkKey, Node] = {}
+    shared: dict[LinkKey, list[Node]] = {}
     for n in tree.walk():
         if n.is_dir:
             n.nlink = 2 + sum(1 for c in n.children if c.is_dir)
         elif n.link is not None:
-            n.nlink = counts[n.link]
+            met = first.setdefault(n.link, n)
+            if met is not n:
+                shared.setdefault(n.link, [met]).append(n)
+            else:
+                n.nlink = 1
+    for names in shared.values():
+        for n in names:
+            n.nlink = len(names)
 
 
 def scan(src: str, opts: ScanOptions | None = None) -> Tree:
@@ -595,13 +604,14 @@ def scan(src: str, opts: ScanOptions | None = None) -> Tree:
             raise
     else:
         tree = Tree(_scan_dir(os.fsencode(src), excluded))
-    for n in tree.walk():
-        if opts.all_root:
-            n.uid = n.gid = 0
-        if opts.force_uid is not None:
-            n.uid = opts.force_uid
-        if opts.force_gid is not None:
-            n.gid = opts.force_gid
+    if opts.all_root or opts.force_uid is not None or opts.force_gid is not None:
+        for n in tree.walk():
+            if opts.all_root:
+                n.uid = n.gid = 0
+            if opts.force_uid is not None:
+                n.uid = opts.force_uid
+            if opts.force_gid is not None:
+                n.gid = opts.force_gid
     if opts.device_table:
         _apply_device_table(tree, opts.device_table, opts.new_node_mtime_ns)
     _count_links(tree)
