@@ -183,11 +183,19 @@ class ErofsWriter:
     # -- data -----------------------------------------------------------
 
     def _file_results(
-        self, files: list[Inode], out: BinaryIO, data_start: int, idle: Iterator[None]
+        self,
+        files: list[Inode],
+        out: BinaryIO,
+        data_start: int,
+        idle: Iterator[None],
+        processes_until: contextlib.ExitStack,
     ) -> Iterator[tuple[Inode, FileResult]]:
         """Prepared files in tree order, computed by worker processes
         (:mod:`mkimage.erofs.pool`, which runs steps of ``idle`` while it
-        waits for them) or, for -j 1 and tar sources, a pool of threads."""
+        waits for them) or, for -j 1 and tar sources, a pool of threads.
+        The processes are waited for when ``processes_until`` closes: they
+        may still be writing the last files' data while the writer lays
+        out the metadata."""
         opts = self.opts
         workers = opts.workers or min(os.cpu_count() or 1, 8)
         if workers > 1 and forkable(files):
@@ -197,11 +205,11 @@ class ErofsWriter:
                 fd: int | None = out.fileno()
             except (OSError, AttributeError, ValueError):
                 fd = None
-            with ProcessPool(files, opts, workers, fd) as processes:
-                yield from processes.results(data_start, idle)
-                placed = sum(i.data_blocks for i in files) * self.bs
-                if processes.out_fd is not None and processes.end != data_start + placed:
-                    raise BuildError("internal: the workers' data area is not where it belongs")
+            processes = processes_until.enter_context(ProcessPool(files, opts, workers, fd))
+            yield from processes.results(data_start, idle)
+            placed = sum(i.data_blocks for i in files) * self.bs
+            if processes.out_fd is not None and processes.end != data_start + placed:
+                raise BuildError("internal: the workers' data area is not where it belongs")
             return
         # two pools: file tasks may wait for their segments, segment tasks never wait
         with (
@@ -347,6 +355,10 @@ class ErofsWriter:
     # -- the whole build ------------------------------------------------
 
     def write(self, out: BinaryIO) -> BuildReport:
+        with contextlib.ExitStack() as processes:  # worker processes, once started
+            return self._write(out, processes)
+
+    def _write(self, out: BinaryIO, processes: contextlib.ExitStack) -> BuildReport:
         opts, bs = self.opts, self.bs
         f: _Sink = _Offset(out, opts.offset) if opts.offset else out
         self._collect()
@@ -362,7 +374,8 @@ class ErofsWriter:
         # what does not depend on the files' data, done while workers prepare it
         late: list[tuple[Inode, bytes | memoryview]] = []  # directories and symlinks
         idle = itertools.chain(self._late_sizes(late), self._hash_for_uuid())
-        for done, (ino, res) in enumerate(self._file_results(files, out, start, idle), 1):
+        results = self._file_results(files, out, start, idle, processes)
+        for done, (ino, res) in enumerate(results, 1):
             self._place_file(ino, res, cursor)
             payload = self._dedupe(ino, res, cursor) if res.digests else res.payload
             if payload:  # empty too when a worker process wrote it
