@@ -4,6 +4,10 @@ sends back is what the writer would have computed itself."""
 from __future__ import annotations
 
 import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +116,29 @@ def test_a_worker_that_cannot_write_says_why(tmp_path: Path) -> None:
     ):
         for _ in pool.results():
             pass
+
+
+def test_a_build_whose_workers_cannot_write_fails_whole(tmp_path: Path) -> None:
+    """Writes past 2 MiB fail (the file-size limit: EFBIG), the workers'
+    data as well as the writer's metadata, and the workers are waited for
+    only when the image is done: the build says so in one line and leaves
+    nothing, under OUT's name or any other."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(1 << 20))  # incompressible: 8 MiB of data
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "mkimage", "erofs", "-j", "2", "-z", "lz4",
+         str(out / "img"), str(src)],
+        capture_output=True, check=False, timeout=120, preexec_fn=limited,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.decode() == "mkimage erofs: writing the image: File too large\n"
+    assert os.listdir(out) == []
