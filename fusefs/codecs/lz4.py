@@ -174,7 +174,9 @@ class DestSizeCompressor:
 
     def bind(self, src: bytearray) -> None:
         """Compress from ``src`` next (kept alive until the next bind)."""
-        arr = (ctypes.c_char * len(src)).from_buffer(src) if src else None
+        # its first byte holds the address (an array type per length would be
+        # a new ctypes type for every file, 13 us each and cached forever)
+        arr = ctypes.c_char.from_buffer(src) if src else None
         self._src = arr
         self._src_addr = ctypes.addressof(arr) if arr is not None else 0
         self._src_len = len(src)

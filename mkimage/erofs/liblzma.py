@@ -147,7 +147,9 @@ class MicroLzmaCompressor:
             raise ValueError("destsize range outside the bound buffer")
         if end == pos:
             return b"", 0
-        src = (ctypes.c_char * (end - pos)).from_buffer(self._src, pos)
+        # its first byte is enough for the address (an array type per length
+        # would be a new ctypes type, cached forever, for every pcluster)
+        src = ctypes.c_char.from_buffer(self._src, pos)
         s = self._strm
         if self._lib.lzma_microlzma_encoder(ctypes.byref(s), ctypes.byref(self._opts)):
             raise BuildError("-z lzma: liblzma refused the MicroLZMA options")
