@@ -60,6 +60,7 @@ from typing import Any, Final
 
 from fusefs.atomicfile import start_writeback
 from fusefs.erofs.format import DataLayout, MapHeader
+from mkimage.erofs.compress import segment_bytes
 from mkimage.erofs.data import (
     PLAN_FIELDS,
     Cutter,
@@ -78,7 +79,7 @@ BATCH_FILES: Final = 256
 WINDOW: Final = 16
 _HEADER: Final = struct.Struct("<QQ")
 _TASK: Final = struct.Struct("<BIQQ")  # kind, batch, then a, b (PREPARE) or offset, length (PLACE)
-_PREPARE, _PLACE = 0, 1
+_PREPARE, _PLACE, _PREPARE_SPLIT = 0, 1, 2  # _PREPARE_SPLIT: cut on the worker's threads
 _ERROR: Final = 1 << 63
 _IOV_MAX: Final = 1024
 _PIPE_BYTES: Final = 1 << 20
@@ -228,24 +229,30 @@ def _worker(
     threads: int,
 ) -> None:
     """A child's whole life: batches in, messages out, payloads written
-    where the writer says, until the task pipe closes.  A file longer than
-    a segment is cut on ``threads`` threads (the compressors release the
-    GIL), so that one large file does not leave the other CPUs idle."""
+    where the writer says, until the task pipe closes.  A file the writer
+    marks (:meth:`ProcessPool._split`) is cut segment by segment on
+    ``threads`` threads (the compressors release the GIL), so that one
+    large file does not leave the other CPUs idle; any other is cut on
+    the worker's own thread, since the other workers keep the CPUs busy
+    and threads would only contend with them (and for the GIL)."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_DFL)
     gc.disable()  # nothing a worker makes is cyclic; collections only touch shared pages
     _keep_freed_memory()
-    segments = ThreadPoolExecutor(max_workers=threads)  # threads start on a first large file
-    cutter = Cutter(opts, segments) if opts.codec is not None else None
+    segments = ThreadPoolExecutor(max_workers=threads)  # threads start on a first split file
+    cutters = {
+        _PREPARE: Cutter(opts, None) if opts.codec is not None else None,
+        _PREPARE_SPLIT: Cutter(opts, segments) if opts.codec is not None else None,
+    }
     held: dict[int, list[bytes | memoryview]] = {}  # batch -> payloads, until placed
     while True:
         task = _read_exactly(tasks, _TASK.size)
         if task is None:
             return
         kind, k, a, b = _TASK.unpack(task)
-        if kind == _PREPARE:
+        if kind != _PLACE:
             message, payloads = prepare_batch(
-                files[a:b], opts, cutter, send_payloads=out_fd is None
+                files[a:b], opts, cutters[kind], send_payloads=out_fd is None
             )
             if out_fd is not None:
                 held[k] = payloads
@@ -308,6 +315,7 @@ class ProcessPool:
         self, files: Sequence[Inode], opts: ErofsOptions, workers: int, out_fd: int | None = None
     ) -> None:
         self.files = files
+        self.max_extent = opts.max_extent_bytes
         self.batches = batches(files)
         if "dedupe" in opts.extended:
             out_fd = None  # the writer chooses which pclusters to write
@@ -362,10 +370,22 @@ class ProcessPool:
             if len(self.owned[w]) >= 2:
                 return
             a, b = self.batches[self.next]
-            _write_all(self.tasks[w], [_TASK.pack(_PREPARE, self.next, a, b)])
+            kind = _PREPARE_SPLIT if self._split(a, b) else _PREPARE
+            _write_all(self.tasks[w], [_TASK.pack(kind, self.next, a, b)])
             self.owned[w].append(self.next)
             self.holder[self.next] = w
             self.next += 1
+
+    def _split(self, a: int, b: int) -> bool:
+        """Is batch ``files[a:b]`` (the next to go out) one file to cut on
+        several threads?  Only where the other workers would otherwise run
+        out of work while it is cut: among the last batches, or larger than
+        the window lets them run ahead by.  Segment boundaries do not depend
+        on it, so neither does the image."""
+        if b - a != 1 or self.files[a].node.size <= segment_bytes(self.max_extent):
+            return False
+        tail = self.next >= len(self.batches) - len(self.tasks)
+        return tail or self.files[a].node.size > WINDOW * BATCH_BYTES
 
     def _pump(self) -> None:
         """Wait for any worker's data and take what has come."""

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from mkimage.erofs.compress import parse_codecs
+from mkimage.erofs.compress import MAX_EXTENT_BYTES, parse_codecs, segment_bytes
 from mkimage.erofs.data import Cutter, FileResult, plan_of, prepare_file
 from mkimage.erofs.inode import Inode
 from mkimage.erofs.options import ErofsOptions
-from mkimage.erofs.pool import ProcessPool, batches, forkable
+from mkimage.erofs.pool import BATCH_BYTES, WINDOW, ProcessPool, batches, forkable
 from mkimage.erofs.writer import ErofsWriter
 from mkimage.errors import BuildError
 from mkimage.tree import scan
@@ -142,3 +142,36 @@ def test_a_build_whose_workers_cannot_write_fails_whole(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert r.stderr.decode() == "mkimage erofs: writing the image: File too large\n"
     assert os.listdir(out) == []
+
+
+def test_only_files_the_others_would_wait_for_are_cut_on_threads(tmp_path: Path) -> None:
+    """A file larger than a segment is cut on a worker's threads only among
+    the last batches or when larger than the window of batches the other
+    workers may run ahead by; whatever is cut where, the results are the
+    in-process ones."""
+    src = tmp_path / "src"
+    src.mkdir()
+    words = [os.urandom(6).hex().encode() for _ in range(512)]
+    text = b" ".join(words[i * 7 % 512] for i in range(400_000))  # compressible, 5.6 MB
+    (src / "a-big").write_bytes(text[: segment_bytes(MAX_EXTENT_BYTES) + 1])
+    (src / "b-huge").write_bytes((text * 4)[: WINDOW * BATCH_BYTES + 1])
+    for i in range(8):
+        (src / f"c-{i}").write_bytes(text[i : i + 700_000])
+    (src / "d-last").write_bytes(text)
+    opts = _options("lz4")
+    files = _files(src, opts)
+    with ProcessPool(files, opts, 2) as pool:
+        split = {}
+        handed_out = pool.next
+        for k, (a, b) in enumerate(pool.batches):
+            pool.next = k  # as when batch k is the next to go out
+            split[b"+".join(i.node.path for i in files[a:b])] = pool._split(a, b)
+        pool.next = handed_out
+        got = list(pool.results())
+    assert split[b"a-big"] is False  # larger than a segment, but the others have work
+    assert split[b"b-huge"] is True  # the others would run out of batches meanwhile
+    assert split[b"d-last"] is True  # the last: nothing else to do
+    assert not any(v for name, v in split.items() if name.startswith(b"c-"))
+    cutter = Cutter(opts, None)
+    fresh = _files(src, opts)
+    assert [res for _, res in got] == [prepare_file(i.node, i, opts, cutter) for i in fresh]
