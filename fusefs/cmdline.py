@@ -240,7 +240,10 @@ def exit_process(status: int) -> NoReturn:
     streams' buffers are left, flushed here.  Output into a closed pipe
     ends as :func:`run_main` ends it.  For ``__main__`` and the console
     script only: a caller of :func:`run_main` in-process keeps its
-    interpreter."""
+    interpreter.  Under a profiler or tracer (``python -m cProfile``,
+    coverage) the process exits the usual way, so that they write out."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(status)
     try:
         sys.stdout.flush()
     except BrokenPipeError:

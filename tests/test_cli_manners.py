@@ -108,6 +108,21 @@ def test_buffered_output_is_whole_at_exit(image: Path, tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
 
 
+def test_a_profiled_run_writes_its_profile(tmp_path: Path) -> None:
+    """Under a profiler the process exits the usual way, so cProfile (and
+    coverage) get to write what they gathered."""
+    prof = tmp_path / "out.prof"
+    src = tmp_path / "src"
+    src.mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "mkimage", "erofs", "-q",
+         str(tmp_path / "img"), str(src)],
+        capture_output=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0 and prof.stat().st_size > 0, r.stderr
+    assert b"writer.py" in prof.read_bytes()
+
+
 def test_ls_hides_dotfiles_without_a(image: Path) -> None:
     r = nommufs("ls", str(image))
     assert r.returncode == 0 and r.stdout.split() == [b"many", b"visible"], r.stdout
