@@ -401,7 +401,7 @@ class ErofsWriter:
             cursor = self._write_packed(f, bytes(packed), cursor)
         meta_blk = cursor
         shared = self.xattrs.area
-        meta_blocks = self._layout_metadata(len(shared))
+        meta_blocks = self._layout_metadata(len(shared), encoded)
         root = self.of_node[id(self.tree.root)]
         if root.nid > 0xFFFF and not opts.is_48bit:
             # erofs: without 48BIT the root's nid has 16 bits (rootnid_2b)
@@ -425,10 +425,10 @@ class ErofsWriter:
         meta = bytearray(meta_blocks * bs)
         meta[: len(shared)] = shared
         for ino in self.inodes:
-            ino.trailer = self._trailer(ino)
-            raw = encoded.get(ino.ino) or inodemod.encode(ino)
+            ready = encoded.get(ino.ino)
+            body = inodemod.encode(ino, self._trailer(ino)) if ready is None else ready
             off = ino.nid * EROFS_SLOTSIZE
-            meta[off : off + len(raw)] = raw
+            meta[off : off + len(body)] = body
         f.seek(meta_blk * bs)
         f.write(meta)
         f.write(late_data)
@@ -543,8 +543,9 @@ class ErofsWriter:
         thread.start()
         return thread
 
-    def _layout_metadata(self, shared_size: int) -> int:
-        """Give every inode its nid; returns the metadata area's block count.
+    def _layout_metadata(self, shared_size: int, encoded: dict[int, bytes]) -> int:
+        """Give every inode its nid; returns the metadata area's block count
+        (``encoded``: the bytes of the inodes encoded already, by ino).
 
         Inodes that fit in one block go, in tree order, into the partly used
         block with the least room that holds them (best fit, ties to the
@@ -566,7 +567,11 @@ class ErofsWriter:
         if end % bs:
             offer((bs - end % bs) // EROFS_SLOTSIZE, end // bs)
         for ino in self.inodes:
-            total = inodemod.trailer_offset(ino) + self._trailer_size(ino)
+            raw = encoded.get(ino.ino)
+            if raw is not None:
+                total = len(raw)
+            else:
+                total = inodemod.trailer_offset(ino) + self._trailer_size(ino)
             need = -(-total // EROFS_SLOTSIZE)
             if need <= slots_per_block:
                 fitting = nonempty >> need
