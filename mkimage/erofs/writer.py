@@ -143,13 +143,14 @@ class ErofsWriter:
             if node.link is not None:
                 self.by_link[node.link] = ino
         keep_xattrs = opts.xattr_tolerance >= 0  # mkfs.erofs -x -1: no xattrs at all
+        with_xattrs = [i for i in self.inodes if i.node.xattrs] if keep_xattrs else []
         self.xattrs = XattrTable(
-            ((show(i.node.path), i.node.xattrs if keep_xattrs else {}) for i in self.inodes),
+            ((show(i.node.path), i.node.xattrs) for i in with_xattrs),
             share_min=opts.xattr_tolerance + 1,
         )
+        for ino in with_xattrs:  # the others' body is empty
+            ino.xattr_body = self.xattrs.ibody(ino.node.xattrs, show(ino.node.path) or "/")
         for ino in self.inodes:
-            where = show(ino.node.path) or "/"
-            ino.xattr_body = self.xattrs.ibody(ino.node.xattrs if keep_xattrs else {}, where)
             self._choose_core(ino)
 
     def _choose_core(self, ino: Inode) -> None:
