@@ -84,7 +84,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     Only a head start: where the call is missing or fails, that fsync
     does the work and reports any error."""
     if not _libc:
-        _libc.append(ctypes.CDLL(None, use_errno=True))
+        _libc.append(ctypes.CDLL(None))
     with contextlib.suppress(AttributeError):
         _libc[0].sync_file_range(
             fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE

@@ -568,22 +568,16 @@ def _apply_device_table(tree: Tree, table: str, mtime_ns: int) -> None:
 def _count_links(tree: Tree) -> None:
     """Link counts as the image will have them: a directory's from its
     subdirectories, anything else's from the names of its inode in the
-    tree (1 unless it is hard-linked there).  One walk: only the names
-    of inodes met twice are gathered."""
-    first: dict[LinkKey, Node] = {}
-    shared: dict[LinkKey, list[Node]] = {}
+    tree (1 unless it is hard-linked there), in one walk."""
+    names: dict[LinkKey, list[Node]] = {}
     for n in tree.walk():
         if n.is_dir:
             n.nlink = 2 + sum(1 for c in n.children if c.is_dir)
         elif n.link is not None:
-            met = first.setdefault(n.link, n)
-            if met is not n:
-                shared.setdefault(n.link, [met]).append(n)
-            else:
-                n.nlink = 1
-    for names in shared.values():
-        for n in names:
-            n.nlink = len(names)
+            names.setdefault(n.link, []).append(n)
+    for same in names.values():
+        for n in same:
+            n.nlink = len(same)
 
 
 def scan(src: str, opts: ScanOptions | None = None) -> Tree:
