@@ -39,6 +39,7 @@ from fusefs.errors import (
     UnsupportedFeatureError,
     interruption,
 )
+from fusefs.modes import HasMode
 from fusefs.names import escape
 from fusefs.names import show_path as show_path  # callers found it here first
 
@@ -58,40 +59,6 @@ MM_MODES: Final[tuple[MmMode, ...]] = ("mmu", "nommu-contig", "nommu-bounce")
 STRATEGIES: Final[tuple[Strategy, ...]] = ("vmap", "bounce", "contig-folio", "percpu-buffer")
 PAGE_SIZE: Final = 4096
 DEFAULT_ARENA_BYTES: Final = 64 << 20
-# The file types a read-only image can hold (the kernel's EROFS accepts these
-# and nothing else; cramfs and the writers use the same set).
-FILE_TYPES: Final = frozenset(
-    {
-        stat.S_IFREG,
-        stat.S_IFDIR,
-        stat.S_IFLNK,
-        stat.S_IFCHR,
-        stat.S_IFBLK,
-        stat.S_IFIFO,
-        stat.S_IFSOCK,
-    }
-)
-
-
-class HasMode:
-    """``is_dir`` / ``is_reg`` / ``is_lnk`` for anything with an ``st_mode``-style ``mode``."""
-
-    __slots__ = ()
-    mode: int
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_lnk(self) -> bool:
-        return stat.S_ISLNK(self.mode)
-
-
 _SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB])?\s*$")
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, NewType, TypeVar
 
 from fusefs import atomicfile
-from fusefs.vfs import FILE_TYPES, HasMode
+from fusefs.modes import FILE_TYPES, HasMode
 from mkimage.errors import BuildError
 
 LinkKey = NewType("LinkKey", tuple[int, int])

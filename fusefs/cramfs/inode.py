@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from fusefs.cramfs.format import CRAMFS_INODE_SIZE, CramfsInode, Endian
 from fusefs.errors import CorruptImageError
-from fusefs.vfs import FILE_TYPES, ImageBytes
+from fusefs.modes import FILE_TYPES
+from fusefs.vfs import ImageBytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ from fusefs.erofs import format as f
 from fusefs.erofs.format import Nid
 from fusefs.erofs.super import ErofsSuper
 from fusefs.errors import CorruptImageError, UnsupportedFeatureError
-from fusefs.vfs import HasMode, ImageBytes
+from fusefs.modes import HasMode
+from fusefs.vfs import ImageBytes
 
 if TYPE_CHECKING:
     from fusefs.erofs.data import MetaBuf
