@@ -108,16 +108,16 @@ class FileData(DataSource):
 
     def _read(self, body: Callable[[int], tuple[_B, int]]) -> _B:
         """``body(fd)`` (the data and how many bytes it got, one more when
-        there were more) between the checks that the file is the one
-        scanned and did not change."""
+        there were more), then the check that the file is the one scanned
+        and did not change: a file replaced since, or changed while it was
+        read, has another inode, size or mtime by then.  (O_NONBLOCK: what
+        was put in its place may be a FIFO, which would block the open.)"""
         where = show(self.path)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
             raise BuildError(f"{where}: cannot open: {e.strerror}") from None
         try:
-            before = os.fstat(fd)
-            self._check(before, where)
             data, got = body(fd)
             after = os.fstat(fd)
         except OSError as e:

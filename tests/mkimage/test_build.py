@@ -178,6 +178,19 @@ def test_a_file_with_more_than_its_size_is_refused(how: str) -> None:
         getattr(data, how)()
 
 
+@pytest.mark.parametrize("how", ["read", "read_buffer"])
+def test_a_file_replaced_by_a_fifo_is_refused_without_blocking(tmp_path: Path, how: str) -> None:
+    # a FIFO opened for reading blocks until a writer comes: the read must not
+    path = tmp_path / "victim"
+    path.write_bytes(b"v" * 100)
+    st = os.stat(path)
+    data = FileData(bytes(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(BuildError, match="victim: file changed"):
+        getattr(data, how)()
+
+
 @pytest.mark.kernel
 def test_device_table_and_ownership(
     small_tree: Path, build: Build, tmp_path: Path, mounter: Mounter
