@@ -99,12 +99,12 @@ def choose_core(
         ino.extended = True
 
 
+_COMPRESSED = (DataLayout.EROFS_INODE_COMPRESSED_FULL, DataLayout.EROFS_INODE_COMPRESSED_COMPACT)
+
+
 def trailer_offset(ino: Inode) -> int:
     """Where the layout-specific trailer starts, relative to the inode."""
-    if ino.layout in (
-        DataLayout.EROFS_INODE_COMPRESSED_FULL,
-        DataLayout.EROFS_INODE_COMPRESSED_COMPACT,
-    ):
+    if ino.layout in _COMPRESSED:
         return round_up(ino.base_size, 8)
     if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
         # erofs: the chunk table is aligned to its entry size
@@ -113,34 +113,27 @@ def trailer_offset(ino: Inode) -> int:
     return ino.base_size
 
 
-def i_u(ino: Inode) -> int:
-    n = ino.node
-    if stat.S_ISCHR(n.mode) or stat.S_ISBLK(n.mode):
-        return new_encode_dev(os.major(n.rdev), os.minor(n.rdev))
-    if ino.layout in (
-        DataLayout.EROFS_INODE_COMPRESSED_FULL,
-        DataLayout.EROFS_INODE_COMPRESSED_COMPACT,
-    ):
-        return ino.physical_blocks
+def i_u(ino: Inode, addr: int) -> int:
+    """``i_u``, given the inode's :func:`address`."""
     if ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED:
         return ino.chunkformat  # le16 format, le16 reserved
-    return address(ino) & U32
+    mode = ino.node.mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        rdev = ino.node.rdev
+        return new_encode_dev(os.major(rdev), os.minor(rdev))
+    return addr & U32  # a compressed file's block count, else its first block
 
 
 def address(ino: Inode) -> int:
     """The block address ``i_u`` and ``i_nb`` share (48 bits under 48BIT):
     the first data block, or a compressed file's block count."""
-    n = ino.node
-    if ino.layout in (
-        DataLayout.EROFS_INODE_COMPRESSED_FULL,
-        DataLayout.EROFS_INODE_COMPRESSED_COMPACT,
-    ):
+    layout = ino.layout
+    if layout in _COMPRESSED:
         return ino.physical_blocks
-    if (
-        ino.layout == DataLayout.EROFS_INODE_CHUNK_BASED
-        or not (stat.S_ISREG(n.mode) or stat.S_ISDIR(n.mode) or stat.S_ISLNK(n.mode))
-        or ino.data_blocks == 0
-    ):
+    if ino.data_blocks == 0 or layout == DataLayout.EROFS_INODE_CHUNK_BASED:
+        return 0
+    mode = ino.node.mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
         return 0
     return ino.startblk
 
@@ -149,37 +142,36 @@ def encode(ino: Inode, trailer: bytes | None = None) -> bytes:
     """Core, inline xattrs, padding and trailer (``ino.trailer`` unless
     given): the inode's bytes in the metadata area."""
     n = ino.node
-    icount = xattr_icount(len(ino.xattr_body))
-    fmt = i_format(
-        EROFS_INODE_LAYOUT_EXTENDED if ino.extended else EROFS_INODE_LAYOUT_COMPACT, ino.layout
-    )
+    xattrs = ino.xattr_body
+    icount = xattr_icount(len(xattrs))
+    extended = ino.extended
+    version = EROFS_INODE_LAYOUT_EXTENDED if extended else EROFS_INODE_LAYOUT_COMPACT
+    fmt = i_format(version, ino.layout)
     # erofs (6.15+): bit 4 is NLINK_1 for compact non-directories, DOT_OMITTED for directories
-    if ino.dot_omitted or (ino.nlink_1 and not ino.extended):
+    if ino.dot_omitted or (ino.nlink_1 and not extended):
         fmt |= 1 << EROFS_I_NLINK_1_BIT
-    hi = address(ino) >> 32
+    addr = address(ino)
+    hi = addr >> 32
     if hi > U16:
         raise BuildError(f"{show(n.path)}: block address beyond 48 bits")
     core: CompactInode | ExtendedInode
-    if ino.extended:
+    if extended:
         secs, nsec = divmod(ino.mtime_ns, 1_000_000_000)
         core = ExtendedInode(
-            fmt, icount, n.mode & U16, hi, ino.size, i_u(ino), ino.ino, n.uid, n.gid,
+            fmt, icount, n.mode & U16, hi, ino.size, i_u(ino, addr), ino.ino, n.uid, n.gid,
             secs, nsec, n.nlink,
         )  # fmt: skip
     else:
         if hi and not ino.nlink_1:
             raise BuildError(
                 f"{show(n.path)}: a compact inode with nlink {n.nlink} cannot hold block "
-                f"address {address(ino)} (use -E 48bit or -E force-inode-extended)"
+                f"address {addr} (use -E 48bit or -E force-inode-extended)"
             )
         i_nb = hi if ino.nlink_1 else n.nlink
         core = CompactInode(
-            fmt, icount, n.mode & U16, i_nb, ino.size, ino.compact_mtime, i_u(ino),
+            fmt, icount, n.mode & U16, i_nb, ino.size, ino.compact_mtime, i_u(ino, addr),
             ino.ino, n.uid, n.gid,
         )  # fmt: skip
-    head = core.pack() + ino.xattr_body
-    return (
-        head
-        + bytes(trailer_offset(ino) - len(head))
-        + (ino.trailer if trailer is None else trailer)
-    )
+    head = core.pack() + xattrs
+    pad = trailer_offset(ino) - len(head)
+    return b"".join((head, bytes(pad), ino.trailer if trailer is None else trailer))
