@@ -56,11 +56,14 @@ def pack_dirent_block(entries: Sequence[tuple[bytes, int, int]]) -> bytes:
     """One directory block's used bytes (no zero fill): dirents, then names
     packed back to back (erofs: nameoff[i+1] == nameoff[i] + len(name[i]))."""
     nameoff = Dirent.SIZE * len(entries)
-    heads = []
-    for name, nid, ftype in entries:
-        heads.append(Dirent(nid, nameoff, ftype).pack())
+    out = bytearray(nameoff)
+    for i, (name, nid, ftype) in enumerate(entries):
+        # the struct itself: a Dirent object per entry costs a directory
+        # build several times what packing it does
+        DIRENT_STRUCT.pack_into(out, i * Dirent.SIZE, nid, nameoff, ftype, 0)
         nameoff += len(name)
-    return b"".join(heads) + b"".join(e[0] for e in entries)
+    out += b"".join([e[0] for e in entries])
+    return bytes(out)
 
 
 def unpack_dirent_block(
