@@ -288,6 +288,8 @@ def _read_xattrs(path: bytes) -> dict[bytes, bytes]:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return {}
         raise BuildError(f"{show(path)}: cannot list xattrs: {e.strerror}") from None
+    if not names:
+        return {}
     out = {}
     for n in sorted(names, key=os.fsencode):
         try:
@@ -310,6 +312,10 @@ class _Excluder:
     def __call__(self, rel: bytes) -> bool:
         return rel in self.paths or any(r.search(rel) for r in self.regexes)
 
+    def __bool__(self) -> bool:
+        """Is anything excluded at all?"""
+        return bool(self.paths or self.regexes)
+
 
 def _scan_dir(src: bytes, excluded: _Excluder) -> Node:
     try:
@@ -320,6 +326,7 @@ def _scan_dir(src: bytes, excluded: _Excluder) -> Node:
         raise BuildError(f"{show(src)}: not a directory")
     root = _node_from_stat(src, b"", st)
     stack = [(root, src)]
+    excluding = bool(excluded)
     while stack:
         node, full = stack.pop()
         try:
@@ -331,7 +338,7 @@ def _scan_dir(src: bytes, excluded: _Excluder) -> Node:
         try:
             for name in names:
                 rel = node.path + b"/" + name if node.path else name
-                if excluded(rel):
+                if excluding and excluded(rel):
                     continue
                 cfull = full + b"/" + name
                 try:
