@@ -166,8 +166,11 @@ class DestSizeCompressor:
         self.capacity = dst_capacity
         self._out = ctypes.create_string_buffer(max(dst_capacity, 1))
         self._out_addr = ctypes.addressof(self._out)
+        self._out_view = memoryview(self._out).cast("B")
         self._state = ctypes.create_string_buffer(_hc_state_size) if level is not None else None
+        self._state_addr = ctypes.addressof(self._state) if self._state is not None else 0
         self._consumed = ctypes.c_int(0)
+        self._consumed_ref = ctypes.byref(self._consumed)
         self._src: object = None
         self._src_addr = 0
         self._src_len = 0
@@ -186,16 +189,15 @@ class DestSizeCompressor:
         block fits ``cap <= dst_capacity`` bytes (consumed 0: nothing fits)."""
         if not 0 <= pos <= end <= self._src_len or cap > self.capacity:
             raise ValueError("destsize range outside the bound buffer")
+        # once per pcluster of every file: the call's arguments are made once
         self._consumed.value = end - pos
         if self._state is None:
-            n = _compress_fast(
-                self._src_addr + pos, self._out_addr, ctypes.byref(self._consumed), cap
-            )
+            n = _compress_fast(self._src_addr + pos, self._out_addr, self._consumed_ref, cap)
         else:
             n = _compress_hc(
-                ctypes.addressof(self._state), self._src_addr + pos, self._out_addr,
-                ctypes.byref(self._consumed), cap, self.level,
+                self._state_addr, self._src_addr + pos, self._out_addr, self._consumed_ref,
+                cap, self.level,
             )  # fmt: skip
         if n <= 0:
             return b"", 0
-        return ctypes.string_at(self._out_addr, n), int(self._consumed.value)
+        return bytes(self._out_view[:n]), int(self._consumed.value)
