@@ -661,12 +661,16 @@ class ErofsWriter:
         self.inodes_hashed = max(self.inodes_hashed, min(upto, len(self.inodes)))
 
     def _uuid_options(self) -> tuple[object, ...]:
-        """What of the options a reproducible build's UUID depends on."""
+        """What of the options a reproducible build's UUID depends on: plain
+        values only, whose repr is the same however the objects holding them
+        print (a compiled Codec shows its algorithm as 3, an interpreted one
+        as the enum member)."""
         opts = self.opts
-        what: tuple[object, ...] = (opts.codec, opts.pcluster_size, opts.block_size,
+        codecs = [(c.name, c.level, c.dict_size) for c in opts.codecs]
+        what: tuple[object, ...] = (codecs[:1], opts.pcluster_size, opts.block_size,
                                     sorted(opts.extended), opts.build_time, opts.label)  # fmt: skip
         if opts.alt_codecs or opts.max_extent_bytes != MAX_EXTENT_BYTES or opts.chunk_size:
-            what += (opts.alt_codecs, opts.max_extent_bytes, opts.chunk_size)
+            what += (codecs[1:], opts.max_extent_bytes, opts.chunk_size)
         if opts.xattr_tolerance != XATTR_TOLERANCE_DEFAULT:
             what += (opts.xattr_tolerance,)
         return what
