@@ -12,3 +12,7 @@ Public API:
 """
 
 from __future__ import annotations
+
+# First: importing it decides whether the compiled hot modules (three of
+# them this package's) are used, before any of them is imported.
+from mmshim import _compiled  # noqa: F401  isort: skip

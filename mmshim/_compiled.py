@@ -1,14 +1,15 @@
-"""The read path's hot modules compiled by mypyc, used only while they match
-their source.
+"""The hot modules (of the read path and the EROFS writer) compiled by
+mypyc, used only while they match their source.
 
 ``scripts/compile`` (which ``scripts/setup`` runs) compiles the modules that
 every page read goes through (the allocator, page cache and vmap of this
-package; nommufs's read memory, EROFS extent map and decompression) with
-mypyc, into ``<sys.prefix>/nommufs-compiled/``, and writes ``stamp.json``
-there: for each module its source file, the SHA-256 of the source it was
-compiled from, and its binary.  :func:`activate`, run by ``import mmshim``
-and ``import fusefs`` before anything else of theirs (importing this module
-runs it), puts a finder in front of ``sys.meta_path`` that imports those
+package; nommufs's read memory, EROFS extent map and decompression), and
+those every pcluster the EROFS writer makes goes through, with mypyc, into
+``<sys.prefix>/nommufs-compiled/``, and writes ``stamp.json`` there: for
+each module its source file, the SHA-256 of the source it was compiled
+from, and its binary.  :func:`activate`, run by ``import mmshim``, ``import
+fusefs`` and ``import mkimage`` before anything else of theirs (importing
+this module runs it), puts a finder in front of ``sys.meta_path`` that imports those
 modules from their binaries, but only when every listed source still has
 the hash it was compiled from and the binaries were built for this
 interpreter.  It is all of them or none: the
