@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mmshim import _compiled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,3 +61,27 @@ def test_a_stale_or_foreign_build_is_not_used(tmp_path: Path) -> None:
     assert with_stamp({"modules": missing}) is None
     (copy / _compiled.STAMP).write_text("{not json")
     assert _compiled._usable(copy) is None
+
+
+def test_the_writer_builds_the_same_bytes_compiled_and_interpreted(
+    small_tree: Path, tmp_path: Path
+) -> None:
+    """mypyc may make a value print differently (an IntEnum field of a
+    compiled dataclass holds a plain int): nothing an image holds may
+    depend on it (a -T build's UUID once did)."""
+    if not _compiled.active():
+        pytest.skip("nothing compiled to compare with")
+    for options in (
+        ["-z", "lz4hc,12:lzma", "-E", "fragments,dedupe"],
+        ["-z", "zstd", "-E", "48bit"],
+    ):
+        images: list[bytes] = []
+        for env in ({}, {_compiled.DISABLE_ENV: "1"}):
+            out = tmp_path / f"{len(images)}.img"
+            subprocess.run(
+                [sys.executable, "-m", "mkimage", "erofs", "-q", "-T", "1700000000", *options,
+                 str(out), str(small_tree)],
+                env={**os.environ, **env}, check=True, timeout=120,
+            )  # fmt: skip
+            images.append(out.read_bytes())
+        assert images[0] == images[1], options
