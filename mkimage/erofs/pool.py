@@ -441,18 +441,27 @@ class ProcessPool:
                     _write_all(self.tasks[self.holder[k]], [place])
                 self.end += size
             del self.holder[k]
+            if k + 1 == len(self.batches):
+                self._release()
             for i, (plan, res) in enumerate(done):
                 ino = self.files[a + i]
                 if plan is not None:  # None: the inode as it was
                     apply_plan(ino, plan)
                 yield ino, res
 
+    def _release(self) -> None:
+        """No more tasks: each worker writes what it was last told to and
+        exits, tearing its memory down while the writer lays out the
+        metadata (not after it, in :meth:`__exit__`)."""
+        for fd in self.tasks:
+            os.close(fd)
+        self.tasks = []
+
     def __enter__(self) -> ProcessPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for fd in self.tasks:
-            os.close(fd)
+        self._release()
         if exc[0] is not None:
             for pid in self.pids:
                 os.kill(pid, signal.SIGKILL)
