@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import hashlib
 import heapq
-import itertools
 import os
 import stat
 import threading
@@ -122,8 +121,6 @@ class ErofsWriter:
         self.deduped = 0
         self.writeback: threading.Thread | None = None
         self.dir_inodes: dict[int, list[tuple[bytes, Inode, int]]] = {}  # see _dir_entries
-        self.uuid_hash: hashlib._Hash | None = None  # options and inodes[:inodes_hashed]
-        self.inodes_hashed = 0
 
     # -- planning -------------------------------------------------------
 
@@ -374,7 +371,7 @@ class ErofsWriter:
         start = opts.offset + cursor * bs
         # what does not depend on the files' data, done while workers prepare it
         late: list[tuple[Inode, bytes | memoryview]] = []  # directories and symlinks
-        idle = itertools.chain(self._late_sizes(late), self._hash_for_uuid())
+        idle = self._late_sizes(late)
         results = self._file_results(files, out, start, idle, processes)
         for done, (ino, res) in enumerate(results, 1):
             self._place_file(ino, res, cursor)
@@ -459,7 +456,7 @@ class ErofsWriter:
             blocks_lo=total_blocks & 0xFFFFFFFF,
             meta_blkaddr=meta_blk,
             xattr_blkaddr=meta_blk,
-            uuid=self._uuid(),
+            uuid=self._uuid(meta, late_data),
             volume_name=opts.label.ljust(16, b"\0"),
             feature_incompat=int(incompat),
             u1=u1,
@@ -511,14 +508,6 @@ class ErofsWriter:
             ino.layout, ino.inline = res.layout, res.inline
             ino.data_blocks = len(res.payload) // bs
             late.append((ino, res.payload))
-
-    def _hash_for_uuid(self) -> Iterator[None]:
-        """Hash the inodes there are for :meth:`_uuid`, a few at each step."""
-        if self.opts.uuid is not None or not self.opts.fixed_time:
-            return
-        for upto in range(_IDLE_STEP, len(self.inodes) + _IDLE_STEP, _IDLE_STEP):
-            self._hash_inodes(upto)
-            yield
 
     def join_writeback(self) -> None:
         """Wait for :meth:`_write_back_early` (the file must outlive it)."""
@@ -649,17 +638,6 @@ class ErofsWriter:
         bitmap = sum(1 << c.algorithm for c in opts.codecs)
         return bytes(records), bitmap, incompat
 
-    def _hash_inodes(self, upto: int) -> None:
-        """Feed ``self.inodes[:upto]`` to the UUID's hash, each inode once."""
-        if self.uuid_hash is None:
-            self.uuid_hash = hashlib.sha256(repr(self._uuid_options()).encode())
-        h = self.uuid_hash
-        for ino in self.inodes[self.inodes_hashed : upto]:
-            n = ino.node
-            h.update(repr((n.path, n.mode, n.uid, n.gid, n.size, ino.mtime_ns, n.rdev,
-                           n.target, n.nlink, sorted(n.xattrs.items()))).encode())  # fmt: skip
-        self.inodes_hashed = max(self.inodes_hashed, min(upto, len(self.inodes)))
-
     def _uuid_options(self) -> tuple[object, ...]:
         """What of the options a reproducible build's UUID depends on: plain
         values only, whose repr is the same however the objects holding them
@@ -675,7 +653,12 @@ class ErofsWriter:
             what += (opts.xattr_tolerance,)
         return what
 
-    def _uuid(self) -> bytes:
+    def _uuid(self, *metadata: bytes | bytearray) -> bytes:
+        """``-U``, else a random UUID, else (``-T``: a reproducible build)
+        one derived from the options and ``metadata``, the image's
+        metadata and directory blocks: every inode (the packed one too),
+        name, xattr and symlink is in them, and nothing that depends on
+        how the build ran."""
         opts = self.opts
         if opts.uuid is not None:
             return opts.uuid
@@ -683,11 +666,10 @@ class ErofsWriter:
             import uuid  # only here: with platform, 6 ms of every build's start-up
 
             return uuid.uuid4().bytes
-        # reproducible builds: a UUID derived from the options and the tree
-        # (all inodes, the packed one too)
-        self._hash_inodes(len(self.inodes))
-        assert self.uuid_hash is not None
-        raw = bytearray(self.uuid_hash.digest()[:16])
+        h = hashlib.sha256(repr(self._uuid_options()).encode())
+        for part in metadata:
+            h.update(part)
+        raw = bytearray(h.digest()[:16])
         raw[6] = (raw[6] & 0x0F) | 0x40  # version 4 layout, as a random UUID would have
         raw[8] = (raw[8] & 0x3F) | 0x80
         return bytes(raw)

@@ -61,6 +61,25 @@ def test_source_date_epoch_is_reproducible(small_tree: Path, tmp_path: Path) -> 
     assert outs[0] == outs[1]
 
 
+def test_a_reproducible_uuid_follows_the_tree(tmp_path: Path, build: Build) -> None:
+    """-T: the UUID comes from the options and the metadata, so a renamed
+    file, a changed mode or another label gives another one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a" * 5000)
+
+    def uuid(*opts: str) -> bytes:
+        return build(src, "-z", "lz4", "-T", "1700000000", *opts).read_bytes()[1072:1088]
+
+    first = uuid()
+    assert uuid() == first
+    assert uuid("-L", "other") != first
+    (src / "a").chmod(0o600)
+    moded = uuid()
+    (src / "a").rename(src / "b")
+    assert len({first, moded, uuid()}) == 3
+
+
 def test_nommufs_and_python_m_mkimage_agree(small_tree: Path, tmp_path: Path) -> None:
     args = ["erofs", "-q", "-z", "lz4", "-T", "5", "-U", UUID, "-L", "rootfs"]
     a, b = tmp_path / "a.img", tmp_path / "b.img"
